@@ -1,0 +1,22 @@
+"""Attribution methods for Vision Transformers (and CNNs), as captum ``Attribution``s."""
+
+from captum_vit.attr._base import MapAttribution
+from captum_vit.attr._registry import get_method, list_methods, method_info, register_method
+from captum_vit.attr.attention_gradcam import AttentionGradCAM
+from captum_vit.attr.gae import GenericAttention
+from captum_vit.attr.raw_attention import RawAttention
+from captum_vit.attr.rollout import AttentionRollout
+from captum_vit.attr.vit_gradcam import ViTGradCAM
+
+__all__ = [
+    "AttentionGradCAM",
+    "AttentionRollout",
+    "GenericAttention",
+    "MapAttribution",
+    "RawAttention",
+    "ViTGradCAM",
+    "get_method",
+    "list_methods",
+    "method_info",
+    "register_method",
+]

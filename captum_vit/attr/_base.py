@@ -1,0 +1,138 @@
+"""The pipeline every map-producing method shares.
+
+A method implements one function, ``_patch_map(x, target, forward_args) -> (B, h, w)``;
+this base handles captum's calling conventions (inputs first, tuple-in/tuple-out, every
+target form, ``additional_forward_args``, grad re-enabled under ``no_grad``), input
+validation and the upsampling to the input's shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from captum._utils.common import _format_output, _format_tensor_into_tuples, _is_tuple
+from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
+from captum.attr import GradientAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from captum_vit.attr._targets import format_targets, resolve_targets
+from captum_vit.models.cnn import SUPPORTED_CNNS, CNNAdapter
+from captum_vit.models.vit import SUPPORTED_VITS, ViTAdapter, upsample_patch_map
+
+Adapter = ViTAdapter | CNNAdapter
+
+
+def make_adapter(model: nn.Module, kinds: tuple[str, ...]) -> Adapter:
+    """The adapter for ``model`` among the supported ``kinds`` (``"vit"``, ``"cnn"``)."""
+    errors = []
+    for kind in kinds:
+        try:
+            return ViTAdapter(model) if kind == "vit" else CNNAdapter(model)
+        except TypeError as e:
+            errors.append(str(e))
+    supported = " or ".join(SUPPORTED_VITS if k == "vit" else SUPPORTED_CNNS for k in kinds)
+    raise TypeError(f"unsupported model {type(model).__name__}: expected {supported}")
+
+
+class MapAttribution(GradientAttribution):
+    """Base class: a captum ``GradientAttribution`` producing one spatial map per image.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The explainee. Never modified: no mode change, no parameter or ``requires_grad``
+        change, no hook left behind.
+    interpolate_mode : str
+        How the patch map is upsampled to the input (``"bilinear"`` as the papers, or
+        ``"nearest"``).
+    """
+
+    model_kinds: ClassVar[tuple[str, ...]] = ("vit",)
+    #: Whether the map depends on the target (rollout and raw attention do not).
+    class_specific: ClassVar[bool] = True
+    #: Default interpolation of the patch map.
+    default_interpolate_mode: ClassVar[str] = "bilinear"
+
+    def __init__(self, model: nn.Module, interpolate_mode: str | None = None) -> None:
+        self.adapter = make_adapter(model, self.model_kinds)
+        GradientAttribution.__init__(self, model)
+        self.model = model
+        mode = interpolate_mode or self.default_interpolate_mode
+        if mode not in ("bilinear", "nearest", "bicubic"):
+            raise ValueError(f"interpolate_mode must be 'bilinear', 'nearest' or 'bicubic', got {mode!r}")
+        self.interpolate_mode = mode
+
+    # -- subclasses implement this ------------------------------------------------
+    def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
+        """Return the ``(B, h, w)`` map for images ``x``; ``target`` is ``None`` (explain the
+        predicted class) or a ``(B,)`` long tensor."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses ---------------------------------------------------
+    def _forward(self, x: Tensor, forward_args: tuple[Any, ...]) -> Tensor:
+        logits = self.model(x, *forward_args)
+        if isinstance(logits, tuple):  # distilled models in distillation-training mode
+            logits = sum(logits) / len(logits)
+        return logits
+
+    @staticmethod
+    def _target_score(logits: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The summed target logits (for one backward over the batch) and the resolved targets."""
+        idx = resolve_targets(target, logits)
+        return logits.gather(1, idx[:, None]).sum(), idx
+
+    # -- captum entry point -------------------------------------------------------
+    @log_usage()
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_patch_map: bool = False,
+    ) -> TensorOrTupleOfTensorsGeneric:
+        """Attribute the model's output for ``target`` to the input pixels.
+
+        Parameters
+        ----------
+        inputs : Tensor or tuple of one Tensor
+            Images ``(B, C, H, W)`` as the model takes them (normalised).
+        target : int, tuple, list, Tensor or None
+            Any captum target form; ``None`` explains the predicted class.
+        additional_forward_args : Any, optional
+            Extra positional arguments passed to the model after the images.
+        return_patch_map : bool
+            Return the ``(B, h, w)`` patch-level map instead of the input-shaped one.
+
+        Returns
+        -------
+        Tensor or tuple of one Tensor
+            ``(B, C, H, W)`` (the map upsampled and broadcast over channels), or
+            ``(B, h, w)`` with ``return_patch_map=True``; same tuple-ness as ``inputs``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For unsupported inputs or targets (the model is left untouched).
+        """
+        is_tuple = _is_tuple(inputs)
+        formatted = _format_tensor_into_tuples(inputs)
+        if len(formatted) != 1:
+            raise ValueError(f"inputs must be one image tensor (or a 1-tuple), got a tuple of {len(formatted)}")
+        x = self.adapter.check_input(formatted[0], "inputs")
+        idx = format_targets(target, x.shape[0], self.adapter.num_classes)
+        if additional_forward_args is None:
+            fargs: tuple[Any, ...] = ()
+        elif isinstance(additional_forward_args, tuple):
+            fargs = additional_forward_args
+        else:
+            fargs = (additional_forward_args,)
+        with torch.enable_grad():
+            pmap = self._patch_map(x.detach(), idx, fargs)
+        pmap = pmap.detach().to(x.dtype)
+        out = pmap if return_patch_map else upsample_patch_map(pmap, x.shape, self.interpolate_mode).to(x.dtype)
+        return _format_output(is_tuple, (out,))  # type: ignore[return-value]
+
+    def attribute_future(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no attribute_future")

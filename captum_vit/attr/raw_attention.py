@@ -1,0 +1,53 @@
+"""Raw attention (the "attention last layer" baseline of Chefer et al., methods.md §9)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from captum_vit.attr._registry import register_method
+from captum_vit.attr._vit_common import AttentionAttribution
+from captum_vit.kernels.rollout import fuse_heads
+
+
+@register_method("raw_attention")
+class RawAttention(AttentionAttribution):
+    """One block's attention from the classifier's token(s) to the patches, fused over heads.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A timm ViT with class-token or average pooling.
+    layer : int
+        Block index (default ``-1``, the last block, as Chefer et al.).
+    head_fusion : str
+        ``"mean"`` (default), ``"max"``, ``"min"`` or ``"sum"``.
+
+    Not class-specific: ``target`` is validated but does not change the map.
+
+    Examples
+    --------
+    >>> import timm, torch
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                       depth=2, img_size=32).eval()
+    >>> RawAttention(m).attribute(torch.rand(2, 3, 32, 32), target=1).shape
+    torch.Size([2, 3, 32, 32])
+    """
+
+    class_specific = False
+
+    def __init__(self, model: nn.Module, layer: int = -1, head_fusion: str = "mean", interpolate_mode: str | None = None) -> None:
+        super().__init__(model, interpolate_mode)
+        n = self.vit.num_blocks
+        if not -n <= layer < n:
+            raise ValueError(f"layer must be in [-{n}, {n}) for a {n}-block model, got {layer}")
+        if head_fusion not in ("mean", "max", "min", "sum"):
+            raise ValueError(f"head_fusion must be 'mean', 'max', 'min' or 'sum', got {head_fusion!r}")
+        self.layer = layer % n
+        self.head_fusion = head_fusion
+
+    def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
+        attn, _ = self._attentions(x, target, forward_args, gradients=False)
+        fused = fuse_heads(attn[self.layer].clamp(min=0), self.head_fusion)
+        return self._read_rows(fused, (x.shape[-2], x.shape[-1]))

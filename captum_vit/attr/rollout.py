@@ -1,0 +1,71 @@
+"""Attention rollout (Abnar & Zuidema, ACL 2020; methods.md §9)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from captum_vit.attr._registry import register_method
+from captum_vit.attr._vit_common import AttentionAttribution
+from captum_vit.kernels.rollout import HEAD_FUSIONS, attention_rollout
+
+
+@register_method("rollout")
+class AttentionRollout(AttentionAttribution):
+    """Attention rollout: per block, fuse heads, add the identity, row-normalise, and
+    multiply the blocks from ``start_layer`` to the last; read the classifier's row.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A timm ViT with class-token or average pooling (average pooling reads the mean of
+        the patch rows; distilled DeiT the mean of the class and distillation rows).
+    start_layer : int
+        First block in the product (default 0, as Abnar & Zuidema; Chefer et al.'s
+        evaluation used 1).
+    head_fusion : str
+        ``"mean"`` (default, the paper), ``"max"``, ``"min"`` or ``"sum"``.
+    discard_ratio : float
+        Fraction of the smallest fused-attention entries zeroed per example before adding
+        the identity (jacobgil/vit-explain; default 0, the paper).
+
+    Not class-specific: ``target`` is validated but does not change the map.
+
+    References
+    ----------
+    Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020.
+
+    Examples
+    --------
+    >>> import timm, torch
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                       depth=2, img_size=32).eval()
+    >>> AttentionRollout(m).attribute(torch.rand(1, 3, 32, 32), return_patch_map=True).shape
+    torch.Size([1, 2, 2])
+    """
+
+    class_specific = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        start_layer: int = 0,
+        head_fusion: str = "mean",
+        discard_ratio: float = 0.0,
+        interpolate_mode: str | None = None,
+    ) -> None:
+        super().__init__(model, interpolate_mode)
+        n = self.vit.num_blocks
+        if not 0 <= start_layer < n:
+            raise ValueError(f"start_layer must be in [0, {n}), got {start_layer}")
+        if head_fusion not in HEAD_FUSIONS:
+            raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+        if not 0.0 <= discard_ratio < 1.0:
+            raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+        self.start_layer, self.head_fusion, self.discard_ratio = start_layer, head_fusion, discard_ratio
+
+    def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
+        attn, _ = self._attentions(x, target, forward_args, gradients=False)
+        joint = attention_rollout(attn, self.start_layer, self.head_fusion, self.discard_ratio)
+        return self._read_rows(joint, (x.shape[-2], x.shape[-1]))

@@ -1,0 +1,85 @@
+"""Rollout step (Abnar & Zuidema 2020): head fusion, optional discard, add identity,
+row-normalise; and the layer product used by rollout, GAE-style rollouts and IIA.
+
+Reference implementation (the spec). The kernels issue adds a fused Triton path behind the
+same ``impl=`` switch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+HEAD_FUSIONS = ("mean", "max", "min", "sum")
+
+
+def fuse_heads(attn: Tensor, head_fusion: str = "mean") -> Tensor:
+    """Fuse ``(..., heads, N, N)`` over the head axis (dim -3)."""
+    if head_fusion == "mean":
+        return attn.mean(dim=-3)
+    if head_fusion == "max":
+        return attn.amax(dim=-3)
+    if head_fusion == "min":
+        return attn.amin(dim=-3)
+    if head_fusion == "sum":
+        return attn.sum(dim=-3)
+    raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+
+
+def rollout_step(fused: Tensor, discard_ratio: float = 0.0, impl: str = "reference") -> Tensor:
+    """One rollout factor from a head-fused attention ``(B, N, N)``.
+
+    ``discard_ratio`` zeroes that fraction of the smallest entries of each example's matrix
+    (as jacobgil/vit-explain, but per example rather than for example 0 only, and never the
+    class-token self-entry [0, 0]); then ``A + I`` is row-normalised.
+
+    Examples
+    --------
+    >>> a = torch.full((1, 2, 2), 0.5)
+    >>> rollout_step(a)
+    tensor([[[0.7500, 0.2500],
+             [0.2500, 0.7500]]])
+    """
+    if impl not in ("reference", "auto"):
+        raise ValueError(f"impl must be 'auto' or 'reference', got {impl!r}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+    b, n, _ = fused.shape
+    a = fused
+    if discard_ratio > 0:
+        flat = a.reshape(b, -1)
+        k = int(flat.shape[1] * discard_ratio)
+        if k > 0:
+            # kth smallest value per example; entries strictly below... use indices to
+            # discard exactly k entries, sparing [0, 0].
+            scores = flat.clone()
+            scores[:, 0] = float("inf")
+            drop = scores.topk(k, dim=1, largest=False).indices
+            flat = flat.scatter(1, drop, 0.0)
+            a = flat.reshape(b, n, n)
+    a = a + torch.eye(n, device=a.device, dtype=a.dtype)
+    return a / a.sum(dim=-1, keepdim=True)
+
+
+def attention_rollout(
+    attentions: Tensor,
+    start_layer: int = 0,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    impl: str = "reference",
+) -> Tensor:
+    """Rollout of a ``(L, B, heads, N, N)`` attention stack: ``A'_{L-1} ... A'_{start}``.
+
+    Returns the ``(B, N, N)`` joint attention.
+    """
+    if attentions.dim() != 5:
+        raise ValueError(f"attentions must be (layers, batch, heads, N, N), got {tuple(attentions.shape)}")
+    n_layers = attentions.shape[0]
+    if not 0 <= start_layer < n_layers:
+        raise ValueError(f"start_layer must be in [0, {n_layers}), got {start_layer}")
+    joint: Tensor | None = None
+    for layer in range(start_layer, n_layers):
+        factor = rollout_step(fuse_heads(attentions[layer], head_fusion), discard_ratio, impl)
+        joint = factor if joint is None else torch.bmm(factor, joint)
+    assert joint is not None
+    return joint

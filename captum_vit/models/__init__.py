@@ -1,0 +1,27 @@
+"""Model adapters and hooks: the one place that knows model internals."""
+
+from captum_vit.models.hooks import (
+    AttentionRecord,
+    HiddenStates,
+    keep_patch_tokens,
+    record_activations,
+    record_attention,
+    record_hidden_states,
+    replace_patch_embeddings,
+)
+from captum_vit.models.vit import SUPPORTED_VITS, Readout, ViTAdapter, is_vit, upsample_patch_map
+
+__all__ = [
+    "SUPPORTED_VITS",
+    "AttentionRecord",
+    "HiddenStates",
+    "Readout",
+    "ViTAdapter",
+    "is_vit",
+    "keep_patch_tokens",
+    "record_activations",
+    "record_attention",
+    "record_hidden_states",
+    "replace_patch_embeddings",
+    "upsample_patch_map",
+]

@@ -1,0 +1,71 @@
+"""Adapter for timm CNN explainees (ResNet family), the counterpart of ``ViTAdapter``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+SUPPORTED_CNNS = "timm ResNet-family CNNs (resnet*, resnet*d/t, seresnet*, resnext*)"
+
+
+class CNNAdapter:
+    """Read a timm ResNet's feature stages and validate inputs.
+
+    Examples
+    --------
+    >>> import timm
+    >>> m = timm.create_model("resnet10t", pretrained=False, num_classes=3)
+    >>> a = CNNAdapter(m)
+    >>> a.in_chans, len(a.stages), a.num_classes
+    (3, 4, 3)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
+        if any(s is None for s in stages) or not hasattr(model, "forward_head") or not hasattr(model, "conv1"):
+            raise TypeError(f"model of type {type(model).__name__} is not a supported CNN; supported: {SUPPORTED_CNNS}")
+        self.model = model
+        self.stages: list[nn.Module] = [s for s in stages if s is not None]
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.model, "num_classes", 0))
+
+    @property
+    def in_chans(self) -> int:
+        conv1 = self.model.conv1
+        first = conv1 if isinstance(conv1, nn.Conv2d) else next(m for m in conv1.modules() if isinstance(m, nn.Conv2d))  # type: ignore[union-attr]
+        return int(first.in_channels)
+
+    @property
+    def feature_layer(self) -> nn.Module:
+        """The last stage: the features Grad-CAM and EEA read by default."""
+        return self.stages[-1]
+
+    def check_input(self, x: object, name: str = "inputs") -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (batch, channels, height, width), got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} must hold at least one image, got batch size 0")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"{name} must have {self.in_chans} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        if x.shape[2] < 32 or x.shape[3] < 32:
+            raise ValueError(f"{name} spatial size {tuple(x.shape[2:])} is below the CNN's minimum of 32x32")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return x
+
+
+def is_cnn(model: nn.Module) -> bool:
+    """True when :class:`CNNAdapter` accepts ``model``."""
+    try:
+        CNNAdapter(model)
+    except TypeError:
+        return False
+    return True

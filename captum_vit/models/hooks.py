@@ -1,0 +1,276 @@
+"""Hooks that record and change a timm ViT's internals for the duration of a call.
+
+Every context manager here removes its hooks and restores every flag it touched in
+``finally``, also when the wrapped code raises. None of them changes the model's
+training mode, parameters or ``requires_grad`` flags.
+
+timm computes attention with ``F.scaled_dot_product_attention`` by default, which never
+materialises the attention matrix. The attention hooks turn ``fused_attn`` off per module
+for the duration of the call (timm's explicit path is numerically the same computation)
+and restore it afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from captum_vit.models.vit import ViTAdapter
+
+AttentionOverride = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class AttentionRecord:
+    """Per-block post-softmax attention probabilities ``(B, heads, N, N)`` and, after a
+    backward pass, their gradients (``None`` for blocks that received none)."""
+
+    attentions: list[Tensor | None] = field(default_factory=list)
+    gradients: list[Tensor | None] = field(default_factory=list)
+
+    def stacked(self) -> Tensor:
+        """Attentions as one ``(L, B, heads, N, N)`` tensor."""
+        if any(a is None for a in self.attentions):
+            raise RuntimeError("no attention was recorded; run a forward pass inside the context")
+        return torch.stack([a for a in self.attentions if a is not None])
+
+    def stacked_gradients(self) -> Tensor:
+        """Gradients as one ``(L, B, heads, N, N)`` tensor (zeros where none flowed)."""
+        atts = self.stacked()
+        return torch.stack(
+            [g if g is not None else torch.zeros_like(a) for a, g in zip(atts, self.gradients)]
+        )
+
+
+@contextmanager
+def _fused_attention_off(adapter: ViTAdapter) -> Iterator[None]:
+    saved = [a.fused_attn for a in adapter.attentions]
+    try:
+        for a in adapter.attentions:
+            a.fused_attn = False
+        yield
+    finally:
+        for a, flag in zip(adapter.attentions, saved):
+            a.fused_attn = flag
+
+
+@contextmanager
+def _handles() -> Iterator[list[RemovableHandle]]:
+    handles: list[RemovableHandle] = []
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def record_attention(
+    model: nn.Module | ViTAdapter,
+    gradients: bool = False,
+    override: dict[int, AttentionOverride] | None = None,
+    detach: bool = False,
+) -> Iterator[AttentionRecord]:
+    """Record every block's attention probabilities (and optionally their gradients).
+
+    Parameters
+    ----------
+    model : nn.Module or ViTAdapter
+        A supported timm ViT.
+    gradients : bool
+        Also record ``d output / d attention`` when a backward pass runs inside the context.
+    override : dict[int, callable], optional
+        ``{block_index: fn}``: replace that block's attention probabilities with
+        ``fn(probabilities)`` (negative indices count from the end). The recorded tensor is
+        the replacement, so its gradient is the gradient with respect to the replacement
+        (IIA, methods.md §5.2).
+    detach : bool
+        Store detached attentions (saves memory when no gradient is needed).
+
+    Yields
+    ------
+    AttentionRecord
+        Filled in as forward (and backward) passes run; one entry per block, last forward wins.
+
+    Examples
+    --------
+    >>> import timm
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                       depth=2, img_size=32).eval()
+    >>> with record_attention(m) as rec:
+    ...     _ = m(torch.rand(2, 3, 32, 32))
+    >>> rec.stacked().shape
+    torch.Size([2, 2, 3, 5, 5])
+    >>> all(b.attn.fused_attn for b in m.blocks)  # flags restored
+    True
+    """
+    adapter = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
+    n = adapter.num_blocks
+    overrides = {(k % n): v for k, v in (override or {}).items()}
+    for k in override or {}:
+        if not -n <= k < n:
+            raise ValueError(f"override block index {k} out of range for a {n}-block model")
+    record = AttentionRecord([None] * n, [None] * n)
+
+    def make_hook(i: int) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor | None]:
+        def hook(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
+            new = overrides[i](out) if i in overrides else out
+            record.attentions[i] = new.detach() if detach else new
+            record.gradients[i] = None
+            if gradients and new.requires_grad:
+
+                def save(g: Tensor) -> None:
+                    record.gradients[i] = g
+
+                new.register_hook(save)
+            return new if i in overrides else None
+
+        return hook
+
+    with _fused_attention_off(adapter), _handles() as handles:
+        for i, attn in enumerate(adapter.attentions):
+            handles.append(attn.attn_drop.register_forward_hook(make_hook(i)))
+        yield record
+
+
+@contextmanager
+def keep_patch_tokens(model: nn.Module | ViTAdapter, indices: Tensor) -> Iterator[None]:
+    """Run the ViT on a subset of patch tokens only (MUTEX, methods.md §4.1 step 7).
+
+    After the position embeddings are added, the sequence is cut to the prefix tokens plus
+    the patch tokens ``indices`` (``(B, K)`` long tensor, indices into the patch grid in
+    raster order); the other tokens are removed, not replaced by a baseline.
+
+    Examples
+    --------
+    >>> import timm
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                       depth=1, img_size=32).eval()
+    >>> with keep_patch_tokens(m, torch.tensor([[0, 3]])), record_attention(m) as rec:
+    ...     _ = m(torch.rand(1, 3, 32, 32))
+    >>> rec.attentions[0].shape[-1]  # class token + 2 kept patches
+    3
+    """
+    adapter = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
+    if indices.dim() != 2 or indices.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"indices must be a (batch, kept) integer tensor, got {tuple(indices.shape)} {indices.dtype}")
+    p = adapter.num_prefix_tokens
+
+    def hook(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        if out.shape[0] != indices.shape[0]:
+            raise ValueError(f"indices batch {indices.shape[0]} does not match input batch {out.shape[0]}")
+        idx = indices.to(out.device).long() + p
+        idx = idx.unsqueeze(-1).expand(-1, -1, out.shape[-1])
+        return torch.cat([out[:, :p], out.gather(1, idx)], dim=1)
+
+    with _handles() as handles:
+        handles.append(adapter.model.norm_pre.register_forward_hook(hook))  # type: ignore[union-attr]
+        yield
+
+
+@dataclass
+class HiddenStates:
+    """``states[0]``: the patch-embedding output ``(B, h*w, D)`` (before prefix tokens and
+    position embeddings); ``states[1..L]``: the input of each block ``(B, N, D)``;
+    ``states[L+1]``: the last block's output (before the final norm)."""
+
+    states: list[Tensor | None] = field(default_factory=list)
+
+
+def _flatten_tokens(t: Tensor) -> Tensor:
+    return t.flatten(1, 2) if t.dim() == 4 else t
+
+
+@contextmanager
+def record_hidden_states(model: nn.Module | ViTAdapter) -> Iterator[HiddenStates]:
+    """Record the hidden states Vision DiffMask's gates read (methods.md §6.2).
+
+    Examples
+    --------
+    >>> import timm
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                       depth=2, img_size=32).eval()
+    >>> with record_hidden_states(m) as hs:
+    ...     _ = m(torch.rand(1, 3, 32, 32))
+    >>> [tuple(s.shape) for s in hs.states]
+    [(1, 4, 192), (1, 5, 192), (1, 5, 192), (1, 5, 192)]
+    """
+    adapter = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
+    n = adapter.num_blocks
+    hs = HiddenStates([None] * (n + 2))
+
+    def on_embed(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
+        hs.states[0] = _flatten_tokens(out)
+
+    def make_pre(i: int) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
+        def pre(_m: nn.Module, inp: tuple[Tensor, ...]) -> None:
+            hs.states[i + 1] = inp[0]
+
+        return pre
+
+    def on_last(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
+        hs.states[n + 1] = out
+
+    with _handles() as handles:
+        handles.append(adapter.model.patch_embed.register_forward_hook(on_embed))  # type: ignore[union-attr]
+        for i, blk in enumerate(adapter.blocks):
+            handles.append(blk.register_forward_pre_hook(make_pre(i)))
+        handles.append(adapter.blocks[-1].register_forward_hook(on_last))
+        yield hs
+
+
+@contextmanager
+def replace_patch_embeddings(
+    model: nn.Module | ViTAdapter, fn: Callable[[Tensor], Tensor]
+) -> Iterator[None]:
+    """Replace the patch-embedding output by ``fn(tokens)`` before the prefix tokens and
+    position embeddings are added (DiffMask's placeholder, methods.md §6.1).
+
+    ``fn`` receives and returns ``(B, h*w, D)``; the original layout is restored.
+    """
+    adapter = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
+
+    def hook(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        new = fn(_flatten_tokens(out))
+        if new.shape != _flatten_tokens(out).shape:
+            raise ValueError(f"replacement has shape {tuple(new.shape)}, expected {tuple(_flatten_tokens(out).shape)}")
+        return new.reshape(out.shape)
+
+    with _handles() as handles:
+        handles.append(adapter.model.patch_embed.register_forward_hook(hook))  # type: ignore[union-attr]
+        yield
+
+
+@contextmanager
+def record_activations(modules: Sequence[nn.Module], gradients: bool = False) -> Iterator[list[dict[str, Tensor]]]:
+    """Record the outputs (and optionally their gradients) of arbitrary modules.
+
+    Yields a list with one dict per module holding ``"activation"`` and, after backward,
+    ``"gradient"``.
+    """
+    store: list[dict[str, Tensor]] = [{} for _ in modules]
+
+    def make_hook(i: int) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
+        def hook(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
+            if not isinstance(out, Tensor):
+                raise TypeError(f"module {type(_m).__name__} returns {type(out).__name__}, expected a Tensor")
+            store[i]["activation"] = out
+            store[i].pop("gradient", None)
+            if gradients and out.requires_grad:
+
+                def save(g: Tensor) -> None:
+                    store[i]["gradient"] = g
+
+                out.register_hook(save)
+
+        return hook
+
+    with _handles() as handles:
+        for i, mod in enumerate(modules):
+            handles.append(mod.register_forward_hook(make_hook(i)))
+        yield store

@@ -1,0 +1,248 @@
+"""Geometry and validation for timm Vision Transformers.
+
+This module is the one place that reads timm's ViT internals. Methods ask a
+:class:`ViTAdapter` for the number of prefix tokens, the patch grid of an input,
+the token rows the classifier reads, and the attention modules; they never
+hard-code ``[:, 1:]`` or ``14 x 14``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.layers.attention import Attention
+from torch import Tensor, nn
+
+SUPPORTED_VITS = (
+    "timm VisionTransformer and its subclasses (vit_*, deit_*, deit3_*, including distilled "
+    "DeiT and register-token models) built from timm.layers.Attention blocks"
+)
+
+
+@dataclass(frozen=True)
+class Readout:
+    """Which token rows feed the classifier head, and with which weights.
+
+    ``rows is None`` means "the mean over all patch tokens" (``global_pool='avg'``).
+    """
+
+    rows: tuple[int, ...] | None
+    include_prefix: bool = False
+
+
+class ViTAdapter:
+    """Read a timm ViT's geometry and validate inputs against it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A timm ``VisionTransformer`` (or ``VisionTransformerDistilled``).
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a supported timm ViT.
+
+    Examples
+    --------
+    >>> import timm
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                       depth=2, img_size=64)
+    >>> a = ViTAdapter(m)
+    >>> a.num_prefix_tokens, a.grid_size((64, 64))
+    (1, (4, 4))
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        needed = ("patch_embed", "blocks", "num_prefix_tokens", "forward_features")
+        missing = [n for n in needed if not hasattr(model, n)]
+        if missing:
+            raise TypeError(
+                f"model of type {type(model).__name__} is not a supported ViT (missing "
+                f"{', '.join(missing)}); supported: {SUPPORTED_VITS}"
+            )
+        blocks = list(model.blocks)  # type: ignore[arg-type, union-attr]
+        if not blocks or not all(isinstance(getattr(b, "attn", None), Attention) for b in blocks):
+            raise TypeError(
+                f"model of type {type(model).__name__} has blocks whose attention is not "
+                f"timm.layers.Attention; supported: {SUPPORTED_VITS}"
+            )
+        self.model = model
+        self.blocks: list[nn.Module] = blocks
+        self.attentions: list[Attention] = [b.attn for b in blocks]  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class, distillation and register tokens placed before the patch tokens."""
+        return int(self.model.num_prefix_tokens)  # type: ignore[arg-type]
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.attentions[-1].num_heads)
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.model, "num_classes", 0))
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.model.patch_embed.proj.in_channels)  # type: ignore[union-attr]
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        p = self.model.patch_embed.patch_size  # type: ignore[union-attr]
+        return (int(p[0]), int(p[1]))
+
+    @property
+    def dynamic_img_size(self) -> bool:
+        return bool(getattr(self.model, "dynamic_img_size", False))
+
+    def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """Patch grid ``(h, w)`` for an input of spatial size ``image_size``."""
+        pe = self.model.patch_embed
+        if self.dynamic_img_size:
+            h, w = pe.dynamic_feat_size(tuple(image_size))  # type: ignore[operator, union-attr]
+            return int(h), int(w)
+        gs = pe.grid_size  # type: ignore[union-attr]
+        return int(gs[0]), int(gs[1])
+
+    @property
+    def readout(self) -> Readout:
+        """The token rows whose final states the classifier reads.
+
+        * class-token pooling: row 0;
+        * distilled DeiT: the mean of rows 0 (class) and 1 (distillation);
+        * ``global_pool='avg'``: the mean over patch tokens (or all tokens when the model
+          pools prefix tokens too).
+
+        Raises
+        ------
+        ValueError
+            For poolings no row readout describes (attention pooling ``'map'``, ``'max'``,
+            ``'avgmax'``).
+        """
+        m = self.model
+        if getattr(m, "attn_pool", None) is not None:
+            raise ValueError(
+                "model uses attention pooling (global_pool='map'); attention-graph methods "
+                "need class-token or average pooling"
+            )
+        if hasattr(m, "head_dist") and getattr(m, "dist_token", None) is not None:
+            return Readout(rows=(0, 1))
+        pool = getattr(m, "global_pool", "token")
+        if pool == "token":
+            return Readout(rows=(0,))
+        if pool == "avg":
+            return Readout(rows=None, include_prefix=bool(getattr(m, "pool_include_prefix", False)))
+        raise ValueError(
+            f"model pooling global_pool={pool!r} is not supported by attention-graph methods; "
+            "expected 'token' or 'avg'"
+        )
+
+    def readout_weights(self, num_tokens: int, device: torch.device) -> Tensor:
+        """A ``(num_tokens,)`` weight vector whose product with a token-relevance matrix
+        gives the relevance of the pooled representation (rows sum to one)."""
+        w = torch.zeros(num_tokens, device=device)
+        ro = self.readout
+        if ro.rows is not None:
+            w[list(ro.rows)] = 1.0 / len(ro.rows)
+        else:
+            start = 0 if ro.include_prefix else self.num_prefix_tokens
+            w[start:] = 1.0 / (num_tokens - start)
+        return w
+
+    # ---------------------------------------------------------------- validation
+    def check_input(self, x: object, name: str = "inputs") -> Tensor:
+        """Validate an image batch; return it unchanged.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a floating-point tensor.
+        ValueError
+            Wrong rank, channel count, spatial size, or non-finite values.
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (batch, channels, height, width), got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} must hold at least one image, got batch size 0")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"{name} must have {self.in_chans} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        h, w = int(x.shape[2]), int(x.shape[3])
+        if self.dynamic_img_size:
+            ph, pw = self.patch_size
+            if h < ph or w < pw:
+                raise ValueError(f"{name} spatial size {(h, w)} is smaller than the patch size {(ph, pw)}")
+        else:
+            expected = tuple(int(s) for s in self.model.patch_embed.img_size)  # type: ignore[union-attr]
+            strict = bool(getattr(self.model.patch_embed, "strict_img_size", True))
+            if strict and (h, w) != expected:
+                raise ValueError(
+                    f"{name} spatial size {(h, w)} does not match the model's img_size {expected}; "
+                    "create the model with img_size=... or dynamic_img_size=True"
+                )
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return x
+
+    # ------------------------------------------------------------- token maps
+    def patch_columns(self, row_relevance: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """Turn ``(B, N)`` token relevance into a ``(B, h, w)`` patch map (drops prefix tokens)."""
+        h, w = self.grid_size(image_size)
+        patches = row_relevance[:, self.num_prefix_tokens :]
+        if patches.shape[1] != h * w:
+            raise RuntimeError(
+                f"expected {h * w} patch tokens for a {h}x{w} grid, got {patches.shape[1]}"
+            )
+        return patches.reshape(-1, h, w)
+
+
+def upsample_patch_map(
+    patch_map: Tensor, image_shape: torch.Size | tuple[int, ...], mode: str = "bilinear"
+) -> Tensor:
+    """Upsample a ``(B, h, w)`` patch map to the input's ``(B, C, H, W)`` shape.
+
+    The map is interpolated to ``(H, W)`` (bilinear with ``align_corners=False`` as in
+    Chefer et al. and LTX, or ``"nearest"`` as in Vision DiffMask and MUTEX's metrics) and
+    broadcast over channels, so captum's metrics that demand ``attr.shape == input.shape``
+    accept it.
+
+    Examples
+    --------
+    >>> m = torch.arange(4.0).reshape(1, 2, 2)
+    >>> upsample_patch_map(m, (1, 3, 4, 4), mode="nearest")[0, 0]
+    tensor([[0., 0., 1., 1.],
+            [0., 0., 1., 1.],
+            [2., 2., 3., 3.],
+            [2., 2., 3., 3.]])
+    """
+    if mode not in ("bilinear", "nearest", "bicubic"):
+        raise ValueError(f"interpolate_mode must be 'bilinear', 'nearest' or 'bicubic', got {mode!r}")
+    b, c, hh, ww = (int(s) for s in image_shape)
+    kwargs = {} if mode == "nearest" else {"align_corners": False}
+    up = F.interpolate(patch_map.unsqueeze(1).float(), size=(hh, ww), mode=mode, **kwargs)
+    return up.expand(b, c, hh, ww).contiguous()
+
+
+def is_vit(model: nn.Module) -> bool:
+    """True when :class:`ViTAdapter` accepts ``model``."""
+    try:
+        ViTAdapter(model)
+    except TypeError:
+        return False
+    return True
+
+
