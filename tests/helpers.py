@@ -1,0 +1,33 @@
+"""One tolerance table and one verbose tensor comparison for the whole suite."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: (rtol, atol) per kind of comparison.
+TOL = {
+    "exact": (0.0, 0.0),
+    "fp32": (1e-5, 1e-6),
+    "fp32_loose": (1e-4, 1e-5),  # batched vs per-example, different reduction order
+    "kernel": (1e-4, 1e-5),  # Triton (interpreter) vs reference
+    "onnx_fp32": (1e-3, 1e-4),
+    "onnx_fp16": (1e-2, 1e-2),
+    "mc": (0.0, 2e-2),  # Monte Carlo estimates
+}
+
+
+def assert_close(actual: Tensor, expected: Tensor, kind: str = "fp32", msg: str = "") -> None:
+    """``torch.testing.assert_close`` with the table's tolerance and a clearer report."""
+    rtol, atol = TOL[kind]
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{msg} shape mismatch: {tuple(actual.shape)} vs {tuple(expected.shape)}")
+    try:
+        torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol)
+    except AssertionError as e:
+        diff = (actual.double() - expected.double()).abs()
+        raise AssertionError(
+            f"{msg} (kind={kind}, rtol={rtol}, atol={atol}) max abs diff {diff.max().item():.3e} "
+            f"at {tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])}\n{e}"
+        ) from None
