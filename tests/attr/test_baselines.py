@@ -1,0 +1,212 @@
+"""Values of the attention baselines against straightforward per-example references.
+
+The reference re-implements timm's ViT forward by hand for one image (so it also checks
+that the hooks capture the right tensors) and computes each method with explicit loops.
+"""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import Tensor, nn
+
+from captum_vit.attr import AttentionGradCAM, AttentionRollout, GenericAttention, RawAttention, ViTGradCAM
+from tests.conftest import input_for, make_vit
+from tests.helpers import assert_close
+
+
+def manual_forward(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
+    """Logits, per-block attention probabilities (heads, N, N) and the last block's norm1
+    output (1, N, D), for ONE image, computed without timm's fused attention or any hooks."""
+    t = model.patch_embed(x[None])
+    t = model.norm_pre(model.patch_drop(model._pos_embed(t)))
+    attns = []
+    norm1_last = t
+    for blk in model.blocks:
+        a = blk.attn
+        h = blk.norm1(t)
+        norm1_last = h
+        n, d = h.shape[1], h.shape[2]
+        qkv = a.qkv(h).reshape(n, 3, a.num_heads, d // a.num_heads).permute(1, 2, 0, 3)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        p = torch.softmax((q * a.scale) @ k.transpose(-2, -1), dim=-1)  # (heads, N, N)
+        attns.append(p)
+        o = (p @ v).transpose(0, 1).reshape(1, n, d)
+        t = t + blk.ls1(a.proj(o))
+        t = t + blk.ls2(blk.mlp(blk.norm2(t)))
+    logits = model.forward_head(model.norm(t))
+    return logits[0], attns, norm1_last
+
+
+def readout_rows(model: nn.Module, n: int) -> list[int]:
+    p = model.num_prefix_tokens
+    if getattr(model, "dist_token", None) is not None:
+        return [0, 1]
+    if model.global_pool == "avg":
+        return list(range(p, n))
+    return [0]
+
+
+def patch_part(model: nn.Module, row: Tensor) -> Tensor:
+    h, w = model.patch_embed.grid_size
+    return row[model.num_prefix_tokens :].reshape(h, w)
+
+
+def ref_raw(model: nn.Module, x: Tensor) -> Tensor:
+    _, attns, _ = manual_forward(model, x)
+    a = attns[-1].mean(0)
+    rows = readout_rows(model, a.shape[0])
+    return patch_part(model, sum(a[r] for r in rows) / len(rows))
+
+
+def ref_rollout(model: nn.Module, x: Tensor, start: int = 0) -> Tensor:
+    _, attns, _ = manual_forward(model, x)
+    n = attns[0].shape[-1]
+    joint = torch.eye(n)
+    for a in attns[start:]:
+        f = a.mean(0) + torch.eye(n)
+        f = f / f.sum(1, keepdim=True)
+        joint = f @ joint
+    rows = readout_rows(model, n)
+    return patch_part(model, sum(joint[r] for r in rows) / len(rows))
+
+
+def ref_gae(model: nn.Module, x: Tensor, target: int) -> Tensor:
+    logits, attns, _ = manual_forward(model, x)
+    grads = torch.autograd.grad(logits[target], attns)
+    n = attns[0].shape[-1]
+    r = torch.eye(n)
+    for a, g in zip(attns, grads):
+        cam = (g * a).clamp(min=0).mean(0)
+        r = r + cam @ r
+    rows = readout_rows(model, n)
+    return patch_part(model, sum(r[i] for i in rows) / len(rows))
+
+
+def ref_attn_gradcam(model: nn.Module, x: Tensor, target: int) -> Tensor:
+    logits, attns, _ = manual_forward(model, x)
+    (g,) = torch.autograd.grad(logits[target], [attns[-1]])
+    a = attns[-1]
+    rows = readout_rows(model, a.shape[-1])
+    p = model.num_prefix_tokens
+    a_row = sum(a[:, r, p:] for r in rows) / len(rows)  # (heads, patches)
+    g_row = sum(g[:, r, p:] for r in rows) / len(rows)
+    heads = [a_row[h] * g_row[h].mean() for h in range(a.shape[0])]
+    cam = (sum(heads) / len(heads)).clamp(min=0)
+    gh, gw = model.patch_embed.grid_size
+    return cam.reshape(gh, gw)
+
+
+def ref_vit_gradcam(model: nn.Module, x: Tensor, target: int) -> Tensor:
+    logits, _, act = manual_forward(model, x)
+    (g,) = torch.autograd.grad(logits[target], [act])
+    act, g = act[0], g[0]
+    p = model.num_prefix_tokens
+    w = g[p:].mean(0)
+    cam = (act[p:] * w).sum(-1).clamp(min=0)
+    gh, gw = model.patch_embed.grid_size
+    return cam.reshape(gh, gw)
+
+
+KINDS = ["cls", "dist", "reg", "avg", "rect"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_against_per_example_references(kind: str) -> None:
+    model = make_vit(kind)
+    x = input_for(model, batch=3)
+    targets = [2, 0, 4]
+    maps = {
+        "raw": RawAttention(model).attribute(x, target=targets, return_patch_map=True),
+        "rollout": AttentionRollout(model).attribute(x, return_patch_map=True),
+        "rollout1": AttentionRollout(model, start_layer=1).attribute(x, return_patch_map=True),
+        "gae": GenericAttention(model).attribute(x, target=targets, return_patch_map=True),
+        "agc": AttentionGradCAM(model).attribute(x, target=targets, return_patch_map=True),
+        "vgc": ViTGradCAM(model).attribute(x, target=targets, return_patch_map=True),
+    }
+    for i, t in enumerate(targets):
+        xi = x[i]
+        assert_close(maps["raw"][i], ref_raw(model, xi), "fp32_loose", f"raw {kind}")
+        assert_close(maps["rollout"][i], ref_rollout(model, xi), "fp32_loose", f"rollout {kind}")
+        assert_close(maps["rollout1"][i], ref_rollout(model, xi, start=1), "fp32_loose", f"rollout1 {kind}")
+        assert_close(maps["gae"][i], ref_gae(model, xi, t), "fp32_loose", f"gae {kind}")
+        assert_close(maps["agc"][i], ref_attn_gradcam(model, xi, t), "fp32_loose", f"attn gradcam {kind}")
+        assert_close(maps["vgc"][i], ref_vit_gradcam(model, xi, t), "fp32_loose", f"vit gradcam {kind}")
+
+
+def uniform_attention_vit() -> nn.Module:
+    """q = k = 0 makes every attention row uniform (1/N)."""
+    model = make_vit("cls")
+    with torch.no_grad():
+        for blk in model.blocks:
+            d = blk.attn.qkv.in_features
+            blk.attn.qkv.weight[: 2 * d] = 0
+            blk.attn.qkv.bias[: 2 * d] = 0
+    return model
+
+
+def test_uniform_attention_analytic() -> None:
+    model = uniform_attention_vit()
+    x = input_for(model, batch=2)
+    n = 1 + 16
+    raw = RawAttention(model).attribute(x, return_patch_map=True)
+    assert_close(raw, torch.full_like(raw, 1 / n), "fp32", "raw attention of uniform attention")
+    # ((U + I)/2)^L = 2^-L I + (1 - 2^-L) U, since U is idempotent: patch entries of row 0.
+    depth = len(model.blocks)
+    roll = AttentionRollout(model).attribute(x, return_patch_map=True)
+    assert_close(roll, torch.full_like(roll, (1 - 2.0**-depth) / n), "fp32", "rollout of uniform attention")
+
+
+def test_rollout_discard_and_head_fusion() -> None:
+    model = make_vit("cls")
+    x = input_for(model, batch=2)
+    base = AttentionRollout(model).attribute(x, return_patch_map=True)
+    assert not torch.allclose(AttentionRollout(model, head_fusion="max").attribute(x, return_patch_map=True), base)
+    discarded = AttentionRollout(model, discard_ratio=0.5).attribute(x, return_patch_map=True)
+    assert not torch.allclose(discarded, base)
+    # per-example discard: example 1 alone == example 1 in the batch (vit-explain only did example 0)
+    alone = AttentionRollout(model, discard_ratio=0.5).attribute(x[1:], return_patch_map=True)
+    assert_close(alone[0], discarded[1], "fp32_loose")
+
+
+def test_bilinear_upsampling_matches_interpolate() -> None:
+    model = make_vit("rect")
+    x = input_for(model, batch=1)
+    m = GenericAttention(model)
+    pm = m.attribute(x, target=1, return_patch_map=True)
+    full = m.attribute(x, target=1)
+    ref = torch.nn.functional.interpolate(pm[:, None], size=(48, 64), mode="bilinear", align_corners=False)
+    assert_close(full, ref.expand(-1, 3, -1, -1), "fp32")
+    assert full.shape == (1, 3, 48, 64) and pm.shape == (1, 6, 8)
+
+
+def test_dynamic_img_size_any_input() -> None:
+    model = make_vit("dynamic")
+    x = torch.randn(2, 3, 40, 56)
+    out = GenericAttention(model).attribute(x, target=[0, 1], return_patch_map=True)
+    assert out.shape == (2, 5, 7)
+
+
+def test_attention_pooling_rejected() -> None:
+    torch.manual_seed(0)
+    m = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8, embed_dim=32,
+        depth=1, num_heads=2, global_pool="map", class_token=False,
+    ).eval()
+    with pytest.raises(ValueError, match="attention pooling"):
+        AttentionRollout(m).attribute(torch.randn(1, 3, 32, 32))
+
+
+def test_full_size_timm_models_offline() -> None:
+    """The issue's named models work end-to-end (randomly initialised, batch 1)."""
+    for name, kw in [
+        ("vit_small_patch16_224", {}),
+        ("deit_tiny_distilled_patch16_224", {}),
+        ("vit_tiny_patch16_224", {"reg_tokens": 4, "no_embed_class": True}),
+        ("vit_tiny_patch16_224", {"img_size": (96, 128)}),
+    ]:
+        m = timm.create_model(name, pretrained=False, depth=2, **kw).eval()
+        x = torch.randn(1, 3, *m.patch_embed.img_size)
+        out = AttentionRollout(m).attribute(x, target=3)
+        assert out.shape == x.shape
