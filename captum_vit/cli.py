@@ -13,6 +13,8 @@ import sys
 #: name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("captum_vit.demo", "explain built-in images with every method; write a figure and a table"),
+    "train-models": ("captum_vit.training.train_classifier", "train the shipped synthetic-benchmark ViT and CNN"),
+    "train-diffmask": ("captum_vit.training.diffmask_train", "train Vision DiffMask gates for a shipped ViT"),
 }
 
 

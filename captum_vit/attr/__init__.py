@@ -3,7 +3,10 @@
 from captum_vit.attr._base import MapAttribution
 from captum_vit.attr._registry import get_method, list_methods, method_info, register_method
 from captum_vit.attr.attention_gradcam import AttentionGradCAM
+from captum_vit.attr.diffmask import VisionDiffMask
 from captum_vit.attr.gae import GenericAttention
+from captum_vit.attr.iia import IIA
+from captum_vit.attr.mutex import MUTEX
 from captum_vit.attr.raw_attention import RawAttention
 from captum_vit.attr.rollout import AttentionRollout
 from captum_vit.attr.vit_gradcam import ViTGradCAM
@@ -12,9 +15,12 @@ __all__ = [
     "AttentionGradCAM",
     "AttentionRollout",
     "GenericAttention",
+    "IIA",
+    "MUTEX",
     "MapAttribution",
     "RawAttention",
     "ViTGradCAM",
+    "VisionDiffMask",
     "get_method",
     "list_methods",
     "method_info",

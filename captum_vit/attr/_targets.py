@@ -41,23 +41,22 @@ def format_targets(target: Any, batch_size: int, num_classes: int) -> Tensor | N
         elif target.dim() == 1 and t.numel() == batch_size:
             idx = t
         else:
-            raise ValueError(
-                f"target tensor must be a scalar or have shape ({batch_size},), got {tuple(target.shape)}"
-            )
+            raise ValueError(f"target tensor must be a scalar or have shape ({batch_size},), got {tuple(target.shape)}")
     elif isinstance(target, list):
         if len(target) != batch_size:
             raise ValueError(f"target list must have one entry per example ({batch_size}), got {len(target)}")
-        flat = []
-        for t in target:
-            if isinstance(t, tuple):
-                if len(t) != 1:
-                    raise ValueError(f"target list entries must be single class indices, got {t}")
-                t = t[0]
-            if isinstance(t, Tensor) and t.numel() == 1:
-                t = int(t.item())
-            if not isinstance(t, int) or isinstance(t, bool):
-                raise TypeError(f"target list entries must be ints, got {type(t).__name__}")
-            flat.append(t)
+        flat: list[int] = []
+        for item in target:
+            entry: Any = item
+            if isinstance(entry, tuple):
+                if len(entry) != 1:
+                    raise ValueError(f"target list entries must be single class indices, got {entry}")
+                entry = entry[0]
+            if isinstance(entry, Tensor) and entry.numel() == 1:
+                entry = int(entry.item())
+            if not isinstance(entry, int) or isinstance(entry, bool):
+                raise TypeError(f"target list entries must be ints, got {type(entry).__name__}")
+            flat.append(entry)
         idx = torch.tensor(flat, dtype=torch.long)
     else:
         raise TypeError(f"target must be None, an int, a tuple, a list or a tensor, got {type(target).__name__}")

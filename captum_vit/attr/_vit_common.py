@@ -3,7 +3,7 @@ respect to the target logit) and read a token-relevance matrix at the classifier
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ from captum_vit.models.vit import ViTAdapter
 class AttentionAttribution(MapAttribution):
     """Base of methods reading a timm ViT's attention probabilities."""
 
-    model_kinds = ("vit",)
+    model_kinds: ClassVar[tuple[str, ...]] = ("vit",)
 
     @property
     def vit(self) -> ViTAdapter:
@@ -24,7 +24,7 @@ class AttentionAttribution(MapAttribution):
         return self.adapter
 
     def _check_readout(self) -> None:
-        self.vit.readout  # raises ValueError for unsupported pooling
+        _ = self.vit.readout  # raises ValueError for unsupported pooling
 
     def _attentions(
         self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...], gradients: bool

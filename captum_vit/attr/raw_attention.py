@@ -37,7 +37,9 @@ class RawAttention(AttentionAttribution):
 
     class_specific = False
 
-    def __init__(self, model: nn.Module, layer: int = -1, head_fusion: str = "mean", interpolate_mode: str | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, layer: int = -1, head_fusion: str = "mean", interpolate_mode: str | None = None
+    ) -> None:
         super().__init__(model, interpolate_mode)
         n = self.vit.num_blocks
         if not -n <= layer < n:

@@ -37,7 +37,9 @@ class ViTGradCAM(AttentionAttribution):
     torch.Size([1, 3, 32, 32])
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Module | str | None = None, interpolate_mode: str | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, layer: nn.Module | str | None = None, interpolate_mode: str | None = None
+    ) -> None:
         super().__init__(model, interpolate_mode)
         if layer is None:
             layer = self.vit.blocks[-1].norm1  # type: ignore[assignment]

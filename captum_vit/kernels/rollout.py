@@ -1,14 +1,16 @@
 """Rollout step (Abnar & Zuidema 2020): head fusion, optional discard, add identity,
 row-normalise; and the layer product used by rollout, GAE-style rollouts and IIA.
 
-Reference implementation (the spec). The kernels issue adds a fused Triton path behind the
-same ``impl=`` switch.
+``rollout_step`` has a pure-torch reference (the spec) and a Triton path (identity + row
+normalisation in one kernel) behind ``impl="auto" | "reference" | "triton"``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from captum_vit.kernels._dispatch import check_launchable, load_triton_module, use_triton
 
 HEAD_FUSIONS = ("mean", "max", "min", "sum")
 
@@ -26,12 +28,39 @@ def fuse_heads(attn: Tensor, head_fusion: str = "mean") -> Tensor:
     raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
 
 
-def rollout_step(fused: Tensor, discard_ratio: float = 0.0, impl: str = "reference") -> Tensor:
+def _discard_smallest(fused: Tensor, discard_ratio: float) -> Tensor:
+    """Zero the ``discard_ratio`` fraction of smallest entries of each example's matrix,
+    never the class-token self-entry [0, 0] (jacobgil/vit-explain, but per example)."""
+    b, n, _ = fused.shape
+    flat = fused.reshape(b, -1)
+    k = int(flat.shape[1] * discard_ratio)
+    if k == 0:
+        return fused
+    # Exactly k entries go (by index, so ties cannot drop more), sparing [0, 0].
+    scores = flat.clone()
+    scores[:, 0] = float("inf")
+    drop = scores.topk(k, dim=1, largest=False).indices
+    return flat.scatter(1, drop, 0.0).reshape(b, n, n)
+
+
+def rollout_step_reference(fused: Tensor, discard_ratio: float = 0.0) -> Tensor:
+    """Pure-torch :func:`rollout_step` (the spec)."""
+    a = _discard_smallest(fused, discard_ratio) if discard_ratio > 0 else fused
+    n = a.shape[-1]
+    a = a + torch.eye(n, device=a.device, dtype=a.dtype)
+    return a / a.sum(dim=-1, keepdim=True)
+
+
+def rollout_step(fused: Tensor, discard_ratio: float = 0.0, impl: str = "auto") -> Tensor:
     """One rollout factor from a head-fused attention ``(B, N, N)``.
 
     ``discard_ratio`` zeroes that fraction of the smallest entries of each example's matrix
     (as jacobgil/vit-explain, but per example rather than for example 0 only, and never the
-    class-token self-entry [0, 0]); then ``A + I`` is row-normalised.
+    class-token self-entry [0, 0]); then ``A + I`` is row-normalised (Abnar & Zuidema 2020, §3).
+
+    ``impl``: ``"auto"`` (Triton for CUDA tensors when Triton imports), ``"reference"`` or
+    ``"triton"``. The Triton kernel fuses the identity and the row normalisation; the discard
+    selection (a top-k) stays a torch op on both paths.
 
     Examples
     --------
@@ -40,25 +69,16 @@ def rollout_step(fused: Tensor, discard_ratio: float = 0.0, impl: str = "referen
     tensor([[[0.7500, 0.2500],
              [0.2500, 0.7500]]])
     """
-    if impl not in ("reference", "auto"):
-        raise ValueError(f"impl must be 'auto' or 'reference', got {impl!r}")
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
-    b, n, _ = fused.shape
-    a = fused
-    if discard_ratio > 0:
-        flat = a.reshape(b, -1)
-        k = int(flat.shape[1] * discard_ratio)
-        if k > 0:
-            # kth smallest value per example; entries strictly below... use indices to
-            # discard exactly k entries, sparing [0, 0].
-            scores = flat.clone()
-            scores[:, 0] = float("inf")
-            drop = scores.topk(k, dim=1, largest=False).indices
-            flat = flat.scatter(1, drop, 0.0)
-            a = flat.reshape(b, n, n)
-    a = a + torch.eye(n, device=a.device, dtype=a.dtype)
-    return a / a.sum(dim=-1, keepdim=True)
+    if not isinstance(fused, Tensor) or fused.dim() != 3 or fused.shape[1] != fused.shape[2]:
+        raise ValueError(f"fused must be a (B, N, N) tensor, got {getattr(fused, 'shape', type(fused))}")
+    if not use_triton(impl, fused):
+        return rollout_step_reference(fused, discard_ratio)
+    kern = load_triton_module("_triton_rollout")
+    a = (_discard_smallest(fused, discard_ratio) if discard_ratio > 0 else fused).contiguous()
+    check_launchable(kern.rollout_step_kernel, a)
+    return kern.launch(a)
 
 
 def attention_rollout(
@@ -66,7 +86,7 @@ def attention_rollout(
     start_layer: int = 0,
     head_fusion: str = "mean",
     discard_ratio: float = 0.0,
-    impl: str = "reference",
+    impl: str = "auto",
 ) -> Tensor:
     """Rollout of a ``(L, B, heads, N, N)`` attention stack: ``A'_{L-1} ... A'_{start}``.
 

@@ -9,6 +9,7 @@ hard-code ``[:, 1:]`` or ``14 x 14``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,9 @@ class ViTAdapter:
             )
         self.model = model
         self.blocks: list[nn.Module] = blocks
-        self.attentions: list[Attention] = [b.attn for b in blocks]  # type: ignore[misc]
+        # timm modules are typed loosely (nn.Module.__getattr__); keep them as Any here.
+        self.attentions: list[Any] = [b.attn for b in blocks]
+        self.patch_embed: Any = model.patch_embed
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -95,11 +98,11 @@ class ViTAdapter:
 
     @property
     def in_chans(self) -> int:
-        return int(self.model.patch_embed.proj.in_channels)  # type: ignore[union-attr]
+        return int(self.patch_embed.proj.in_channels)
 
     @property
     def patch_size(self) -> tuple[int, int]:
-        p = self.model.patch_embed.patch_size  # type: ignore[union-attr]
+        p = self.patch_embed.patch_size
         return (int(p[0]), int(p[1]))
 
     @property
@@ -108,11 +111,11 @@ class ViTAdapter:
 
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Patch grid ``(h, w)`` for an input of spatial size ``image_size``."""
-        pe = self.model.patch_embed
+        pe = self.patch_embed
         if self.dynamic_img_size:
-            h, w = pe.dynamic_feat_size(tuple(image_size))  # type: ignore[operator, union-attr]
+            h, w = pe.dynamic_feat_size(tuple(image_size))
             return int(h), int(w)
-        gs = pe.grid_size  # type: ignore[union-attr]
+        gs = pe.grid_size
         return int(gs[0]), int(gs[1])
 
     @property
@@ -144,8 +147,7 @@ class ViTAdapter:
         if pool == "avg":
             return Readout(rows=None, include_prefix=bool(getattr(m, "pool_include_prefix", False)))
         raise ValueError(
-            f"model pooling global_pool={pool!r} is not supported by attention-graph methods; "
-            "expected 'token' or 'avg'"
+            f"model pooling global_pool={pool!r} is not supported by attention-graph methods; expected 'token' or 'avg'"
         )
 
     def readout_weights(self, num_tokens: int, device: torch.device) -> Tensor:
@@ -187,8 +189,8 @@ class ViTAdapter:
             if h < ph or w < pw:
                 raise ValueError(f"{name} spatial size {(h, w)} is smaller than the patch size {(ph, pw)}")
         else:
-            expected = tuple(int(s) for s in self.model.patch_embed.img_size)  # type: ignore[union-attr]
-            strict = bool(getattr(self.model.patch_embed, "strict_img_size", True))
+            expected = tuple(int(s) for s in self.patch_embed.img_size)
+            strict = bool(getattr(self.patch_embed, "strict_img_size", True))
             if strict and (h, w) != expected:
                 raise ValueError(
                     f"{name} spatial size {(h, w)} does not match the model's img_size {expected}; "
@@ -204,15 +206,11 @@ class ViTAdapter:
         h, w = self.grid_size(image_size)
         patches = row_relevance[:, self.num_prefix_tokens :]
         if patches.shape[1] != h * w:
-            raise RuntimeError(
-                f"expected {h * w} patch tokens for a {h}x{w} grid, got {patches.shape[1]}"
-            )
+            raise RuntimeError(f"expected {h * w} patch tokens for a {h}x{w} grid, got {patches.shape[1]}")
         return patches.reshape(-1, h, w)
 
 
-def upsample_patch_map(
-    patch_map: Tensor, image_shape: torch.Size | tuple[int, ...], mode: str = "bilinear"
-) -> Tensor:
+def upsample_patch_map(patch_map: Tensor, image_shape: torch.Size | tuple[int, ...], mode: str = "bilinear") -> Tensor:
     """Upsample a ``(B, h, w)`` patch map to the input's ``(B, C, H, W)`` shape.
 
     The map is interpolated to ``(H, W)`` (bilinear with ``align_corners=False`` as in
@@ -244,5 +242,3 @@ def is_vit(model: nn.Module) -> bool:
     except TypeError:
         return False
     return True
-
-

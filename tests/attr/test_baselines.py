@@ -191,8 +191,16 @@ def test_dynamic_img_size_any_input() -> None:
 def test_attention_pooling_rejected() -> None:
     torch.manual_seed(0)
     m = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8, embed_dim=32,
-        depth=1, num_heads=2, global_pool="map", class_token=False,
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=3,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        global_pool="map",
+        class_token=False,
     ).eval()
     with pytest.raises(ValueError, match="attention pooling"):
         AttentionRollout(m).attribute(torch.randn(1, 3, 32, 32))

@@ -1,0 +1,55 @@
+"""Latency of every registered method as a ratio to one forward pass of the same model.
+
+Both are timed in the same test with the same clock (this machine is shared and noisy, so
+only the ratio is meaningful). Run:
+
+    .venv/bin/python -m pytest benchmarks/test_bench_methods.py --benchmark-only -p no:xdist \
+        --benchmark-columns=median,rounds
+
+The ratio is in each benchmark's ``extra_info['ratio_to_forward']`` (``--benchmark-json``)
+and printed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+import timm
+import torch
+
+from captum_vit.attr import get_method, list_methods
+from tests.contract_options import options_for
+
+
+def bench_model() -> torch.nn.Module:
+    """A ViT-Tiny-shaped model (12 blocks, 192 wide, 3 heads) at 64x64 with 8x8 patches."""
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64, patch_size=8).eval()
+
+
+def median_time(fn, repeats: int = 5) -> float:
+    fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+@pytest.mark.parametrize("name", list_methods("vit"))
+def test_method_latency(benchmark, name: str) -> None:
+    torch.set_num_threads(1)
+    model = bench_model()
+    x = torch.randn(4, 3, 64, 64)
+    target = [0, 1, 2, 3]
+    method = get_method(name)(model, **options_for(name, model))
+    with torch.no_grad():
+        fwd = median_time(lambda: model(x))
+    attr = median_time(lambda: method.attribute(x, target=target))
+    benchmark.extra_info["forward_s"] = fwd
+    benchmark.extra_info["ratio_to_forward"] = attr / fwd
+    print(f"\n{name}: {attr * 1e3:.1f} ms vs forward {fwd * 1e3:.1f} ms -> ratio {attr / fwd:.2f}")
+    benchmark.pedantic(method.attribute, args=(x,), kwargs={"target": target}, rounds=3, iterations=1)

@@ -1,0 +1,209 @@
+"""Layer-wise relevance propagation through a recorded timm ViT forward pass.
+
+The rules are those of Chefer, Gur & Wolf's LRP-instrumented ViT (methods.md §9,
+ecosystem.md §4.1), written as explicit tensor expressions over a
+:class:`~captum_vit.models.hooks.LRPTrace` instead of ``relprop`` methods on a copied model:
+
+* ``nn.Linear``: the αβ rule (Bach et al. 2015) with α = 1, β = 0 by default (z⁺); bias ignored.
+* residual additions: the z-rule split followed by Chefer's re-normalisation, which gives each
+  summand a share of the total proportional to the absolute value of its own total;
+* the two attention products ``q kᵀ`` and ``A v``: the z-rule to both operands, each half of
+  the relevance (so the pair conserves);
+* softmax, LayerNorm, GELU, dropout, layer scale, drop path: relevance passes unchanged;
+* token pooling: the z-rule over the pooled rows; the patch-embedding convolution (``full``
+  only): the zᴮ rule bounded by the image's minimum and maximum, as Chefer's first ``Conv2d``.
+
+Unlike the original, every sum in the residual re-normalisation is taken per example (the
+original sums over the whole batch, one reason it needs batch size 1), and the stabiliser
+follows the sign of the denominator (the original adds +1e-9 whatever the sign).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.grad import conv2d_input
+
+from captum_vit.models.hooks import BlockTrace, EmbeddingTrace, LinearInput, LRPTrace
+
+EPS = 1e-9
+_T = TypeVar("_T")
+
+
+def safe_divide(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
+    """``a / (b ± eps)`` with the sign of ``b``, and 0 where ``b == 0``.
+
+    Examples
+    --------
+    >>> safe_divide(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, 0.0, -4.0]))
+    tensor([ 0.5000,  0.0000, -0.2500])
+    """
+    den = b + eps * torch.where(b >= 0, 1.0, -1.0).to(b.dtype)
+    return torch.where(b == 0, torch.zeros_like(a), a / den)
+
+
+def linear_relevance(layer: LinearInput, r: Tensor, alpha: float = 1.0) -> Tensor:
+    """The αβ rule through ``y = x Wᵀ``: relevance ``r`` of ``y`` → relevance of ``x``.
+
+    Activating contributions (``x⁺W⁺ + x⁻W⁻``) get weight α, inhibiting ones β = α - 1.
+    With α = 1 it conserves: ``r_in.sum(-1) == r.sum(-1)`` wherever the positive part is
+    non-zero.
+
+    Examples
+    --------
+    >>> from captum_vit.models.hooks import LinearInput
+    >>> lay = LinearInput(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, -1.0], [1.0, 1.0]]))
+    >>> linear_relevance(lay, torch.tensor([[0.0, 3.0]]))
+    tensor([[1., 2.]])
+    """
+    x, w = layer.x, layer.weight
+    px, nx, pw, nw = x.clamp(min=0), x.clamp(max=0), w.clamp(min=0), w.clamp(max=0)
+
+    def share(w_pos: Tensor, w_neg: Tensor) -> Tensor:
+        s = safe_divide(r, F.linear(px, w_pos) + F.linear(nx, w_neg))
+        return px * (s @ w_pos) + nx * (s @ w_neg)
+
+    out = share(pw, nw)
+    if alpha != 1.0:
+        out = alpha * out - (alpha - 1.0) * share(nw, pw)
+    return out
+
+
+def residual_relevance(a: Tensor, b: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """Split the relevance ``r`` of ``a + b`` between the summands (Chefer's ``Add``).
+
+    The z-rule gives ``a r/(a+b)`` and ``b r/(a+b)``; each is then rescaled so that, per
+    example, the summands' totals are ``|Σa'| / (|Σa'| + |Σb'|) · Σr`` and likewise for b.
+    """
+    s = safe_divide(r, a + b)
+    ra, rb = a * s, b * s
+    dims = tuple(range(1, r.dim()))
+    sa, sb, total = ra.sum(dims, keepdim=True), rb.sum(dims, keepdim=True), r.sum(dims, keepdim=True)
+    den = sa.abs() + sb.abs()
+    return ra * safe_divide(safe_divide(sa.abs(), den) * total, sa), rb * safe_divide(
+        safe_divide(sb.abs(), den) * total, sb
+    )
+
+
+def product_relevance(x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """z-rule through the batched product ``z = x @ y``, halved per operand so their sum
+    conserves (Chefer's ``einsum`` relprop followed by ``/= 2`` in ``Attention.relprop``)."""
+    s = safe_divide(r, x @ y)
+    return x * (s @ y.transpose(-1, -2)) / 2, y * (x.transpose(-1, -2) @ s) / 2
+
+
+@dataclass
+class Relevances:
+    """Relevance at each recorded point, per example, all float tensors.
+
+    ``block_input[l]`` (B, N, D) enters block ``l``; ``attention[l]`` (B, heads, N, N) is
+    R(A_l); ``attention_output[l]`` (B, N, D) is the attention branch's relevance. Lists are
+    indexed by block; blocks below ``stop_at`` are ``None``. ``tokens`` (B, N, D) is at the
+    final norm; ``pixels`` (B, C, H, W) only for ``to_pixels=True``.
+    """
+
+    tokens: Tensor
+    block_input: list[Tensor | None]
+    attention: list[Tensor | None]
+    attention_output: list[Tensor | None]
+    pixels: Tensor | None = None
+
+
+def pooling_relevance(tokens: Tensor, weights: Tensor, r: Tensor) -> Tensor:
+    """z-rule through ``pooled = Σ_t w_t tokens_t``: ``(B, D)`` → ``(B, N, D)``."""
+    z = torch.einsum("n,bnd->bd", weights, tokens)
+    return weights[None, :, None] * tokens * safe_divide(r, z)[:, None, :]
+
+
+def block_relevance(blk: BlockTrace, r: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Relevance of a block's input from that of its output.
+
+    Returns ``(r_input, r_attention, r_attention_output)``: ``(B, N, D)``,
+    ``(B, heads, N, N)`` and ``(B, N, D)``. Mirrors Chefer's ``Block.relprop``.
+    """
+    r_mid, r_mlp = residual_relevance(blk.mid, blk.mlp_branch, r)
+    r_hidden = linear_relevance(blk.fc2, r_mlp, alpha)  # layer scale, dropout: pass-through
+    r_mid = r_mid + linear_relevance(blk.fc1, r_hidden, alpha)  # GELU, norm2 pass; clone sums
+    r_x, r_branch = residual_relevance(blk.x, blk.attn_branch, r_mid)
+    r_heads = blk.split_heads(linear_relevance(blk.proj, r_branch, alpha))
+    r_attn, r_v = product_relevance(blk.attention.detach(), blk.v, r_heads)
+    # softmax and attention dropout pass relevance; q kᵀ gets R(A) (the 1/sqrt(d) scale
+    # cancels in the z-rule).
+    r_q, r_k = product_relevance(blk.q, blk.k.transpose(-1, -2), r_attn)
+    r_norm1 = linear_relevance(blk.qkv, blk.merge_qkv(r_q, r_k.transpose(-1, -2), r_v), alpha)
+    return r_x + r_norm1, r_attn, r_branch
+
+
+def embedding_relevance(emb: EmbeddingTrace, r_patches: Tensor) -> Tensor:
+    """Patch-token relevance ``(B, h*w, D)`` → pixel relevance ``(B, C, H, W)``.
+
+    The position embedding takes its residual share first; the convolution uses the zᴮ
+    rule (Montavon et al. 2017) with bounds the per-example min and max of the image.
+    """
+    r_tokens, _ = residual_relevance(emb.tokens, emb.position, r_patches)
+    r = emb.tokens_to_map(r_tokens)
+    x, w = emb.image, emb.weight
+    low = x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)
+    high = x.amax(dim=(1, 2, 3), keepdim=True).expand_as(x)
+    pw, nw = w.clamp(min=0), w.clamp(max=0)
+
+    def conv(t: Tensor, k: Tensor) -> Tensor:
+        return F.conv2d(t, k, stride=emb.stride, padding=emb.padding)
+
+    def back(s: Tensor, k: Tensor) -> Tensor:
+        return conv2d_input(x.shape, k, s, stride=emb.stride, padding=emb.padding)
+
+    s = safe_divide(r, conv(x, w) - conv(low, pw) - conv(high, nw))
+    return x * back(s, w) - low * back(s, pw) - high * back(s, nw)
+
+
+def propagate(
+    trace: LRPTrace, target: Tensor, alpha: float = 1.0, stop_at: int = 0, to_pixels: bool = False
+) -> Relevances:
+    """Propagate the one-hot relevance of class ``target`` ``(B,)`` from the logits down to
+    block ``stop_at`` (and, with ``to_pixels``, through the embedding to the image)."""
+    heads = trace.heads()
+    tokens = trace.tokens
+    dtype = torch.promote_types(tokens.dtype, torch.float32)
+    one_hot = F.one_hot(target.to(tokens.device), heads[0].logits.shape[-1]).to(dtype)
+    if len(heads) == 2:
+        rs = list(residual_relevance(heads[0].logits.to(dtype) / 2, heads[1].logits.to(dtype) / 2, one_hot))
+    else:
+        rs = [one_hot]
+    r = torch.zeros_like(tokens, dtype=dtype)
+    for head, r_logits in zip(heads, rs):  # fc_norm and head dropout pass relevance
+        r_pooled = linear_relevance(_cast(head.linear, dtype), r_logits, alpha)
+        r = r + pooling_relevance(tokens.to(dtype), head.pool_weights.to(dtype), r_pooled)
+    out = Relevances(tokens=r, block_input=[], attention=[], attention_output=[])
+    blocks = trace.blocks()
+    n = len(blocks)
+    out.block_input, out.attention, out.attention_output = [None] * n, [None] * n, [None] * n
+    for i in range(n - 1, stop_at - 1, -1):  # final norm: pass-through
+        r, r_attn, r_branch = block_relevance(_cast(blocks[i], dtype), r, alpha)
+        out.block_input[i], out.attention[i], out.attention_output[i] = r, r_attn, r_branch
+    if to_pixels:
+        if stop_at != 0:
+            raise ValueError("to_pixels needs stop_at=0")
+        emb = trace.embedding()
+        p = trace.adapter.num_prefix_tokens
+        # norm_pre and patch dropout pass relevance; prefix tokens' relevance is dropped
+        # (Chefer keeps cam[:, 1:]).
+        out.pixels = embedding_relevance(_cast(emb, dtype), r[:, p:])
+    return out
+
+
+def _cast(obj: _T, dtype: torch.dtype) -> _T:
+    """A copy of a trace dataclass with every floating tensor (nested ones too) in ``dtype``
+    (half-precision models are propagated in float32)."""
+    changes = {}
+    for f in fields(obj):  # type: ignore[arg-type]
+        v = getattr(obj, f.name)
+        if isinstance(v, Tensor) and v.is_floating_point():
+            changes[f.name] = v.detach().to(dtype)
+        elif isinstance(v, LinearInput):
+            changes[f.name] = _cast(v, dtype)
+    return replace(obj, **changes)  # type: ignore[type-var]
