@@ -1,0 +1,128 @@
+"""Run an exported explainer with onnxruntime, behind the same captum call as in research.
+
+``FastExplainer`` picks the fastest available execution provider (TensorRT, then CUDA, then
+CPU) and returns patch maps; ``FastAttribution`` wraps it as a captum ``Attribution`` so that
+``attribute(inputs, target=...)`` returns what ``LTX(model, finetune_steps=0)`` returns.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from captum._utils.common import _format_output, _format_tensor_into_tuples, _is_tuple
+from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
+from captum.attr import Attribution
+from captum.log import log_usage
+from torch import Tensor
+
+from captum_vit.attr._targets import format_targets
+from captum_vit.export.onnx_export import ExplainerMetadata, check_batch, read_metadata
+from captum_vit.models.vit import upsample_patch_map
+
+#: Execution providers in order of preference.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def select_providers(available: list[str] | None = None, requested: list[str] | None = None) -> list[str]:
+    """The providers to use, fastest first, among ``available`` (onnxruntime's by default).
+
+    Examples
+    --------
+    >>> select_providers(["CPUExecutionProvider", "CUDAExecutionProvider"])
+    ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    """
+    if available is None:
+        import onnxruntime as ort
+
+        available = list(ort.get_available_providers())
+    if requested is not None:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ValueError(f"providers {missing} are not available; available: {available}")
+        return list(requested)
+    chosen = [p for p in PREFERRED_PROVIDERS if p in available]
+    if not chosen:
+        raise RuntimeError(f"onnxruntime offers none of {PREFERRED_PROVIDERS}; available: {available}")
+    return chosen
+
+
+class FastExplainer:
+    """Load an exported explainer and compute maps in one forward pass.
+
+    Parameters
+    ----------
+    path : path-like
+        An ONNX file written by :func:`captum_vit.export.export_onnx`.
+    providers : list of str, optional
+        onnxruntime execution providers; default: TensorRT, CUDA, CPU, whichever exist.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing, invalid, or foreign ONNX file (no captum_vit metadata, or an input that
+        does not match the metadata).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("FastExplainer needs onnxruntime: pip install 'captum_vit[onnx]'") from e
+        self.path = Path(path)
+        self.metadata: ExplainerMetadata = read_metadata(self.path)
+        self.providers = select_providers(requested=providers)
+        self.session = ort.InferenceSession(str(self.path), providers=self.providers)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or list(inputs[0].shape[1:]) != list(self.metadata.input_size):
+            raise ValueError(
+                f"{self.path}: graph input {[(i.name, i.shape) for i in inputs]} does not match "
+                f"the metadata input_size {self.metadata.input_size}"
+            )
+        self.input_name = inputs[0].name
+
+    def __call__(self, images: Tensor | np.ndarray) -> Tensor:
+        """Patch maps ``(B, h, w)`` for normalised images ``(B, C, H, W)`` (tensor or array)."""
+        x = torch.as_tensor(images)
+        if not x.is_floating_point():
+            raise TypeError(f"images must be floating point, got {x.dtype}")
+        check_batch(x, self.metadata, "images")
+        if not torch.isfinite(x).all():
+            raise ValueError("images contains NaN or infinite values")
+        out = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+class FastAttribution(Attribution):
+    """captum ``Attribution`` over an exported explainer: the same call and output as the
+    PyTorch method it was exported from (``LTX(model, finetune_steps=0)``).
+
+    ``target`` is validated like every captum_vit method but does not change the map: the
+    pLTX explainer is trained once and not conditioned on the class (methods.md §2.1).
+    """
+
+    def __init__(self, explainer: FastExplainer | str | os.PathLike[str]) -> None:
+        self.explainer = explainer if isinstance(explainer, FastExplainer) else FastExplainer(explainer)
+        super().__init__(self.explainer)
+
+    @log_usage()
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: TensorOrTupleOfTensorsGeneric,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_patch_map: bool = False,
+    ) -> TensorOrTupleOfTensorsGeneric:
+        is_tuple = _is_tuple(inputs)
+        formatted = _format_tensor_into_tuples(inputs)
+        if len(formatted) != 1:
+            raise ValueError(f"inputs must be one image tensor (or a 1-tuple), got a tuple of {len(formatted)}")
+        x = formatted[0]
+        check_batch(x, self.explainer.metadata)
+        format_targets(target, x.shape[0], self.explainer.metadata.num_classes)
+        pmap = self.explainer(x).to(x.dtype)
+        out = pmap if return_patch_map else upsample_patch_map(pmap, x.shape, self.explainer.metadata.interpolate_mode)
+        return _format_output(is_tuple, (out.to(x.dtype),))  # type: ignore[return-value]

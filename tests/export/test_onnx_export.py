@@ -1,0 +1,125 @@
+"""ONNX export of explainer networks: parity, metadata, runtime, captum wrapper, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from captum_vit.export import (
+    ExplainerMetadata,
+    ExportParityError,
+    FastAttribution,
+    FastExplainer,
+    export_onnx,
+    read_metadata,
+    select_providers,
+)
+from captum_vit.export.explainers import pltx_export_module
+from captum_vit.models.explainer import build_explainer
+from captum_vit.models.vit import upsample_patch_map
+from tests.conftest import input_for, make_vit
+from tests.helpers import TOL, assert_close
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    vit = make_vit("cls")
+    torch.manual_seed(3)
+    explainer = build_explainer(vit).eval()
+    module, meta = pltx_export_module(explainer, vit)
+    out = tmp_path_factory.mktemp("onnx")
+    r32 = export_onnx(module, out / "e32.onnx", meta, precision="fp32")
+    r16 = export_onnx(module, out / "e16.onnx", meta, precision="fp16")
+    return {"vit": vit, "module": module, "meta": meta, "r32": r32, "r16": r16}
+
+
+def test_fp32_and_fp16_parity(exported: dict) -> None:
+    module, vit = exported["module"], exported["vit"]
+    x = input_for(vit, batch=5, seed=7)
+    with torch.no_grad():
+        want = module(x)
+    got32 = FastExplainer(exported["r32"].path)(x)
+    got16 = FastExplainer(exported["r16"].path)(x)
+    assert (got32 - want).abs().max() <= 1e-4
+    assert_close(got16, want, "onnx_fp16")
+    assert exported["r32"].max_abs_diff <= 1e-4
+    assert exported["r16"].precision == "fp16"
+
+
+def test_metadata_roundtrip(exported: dict) -> None:
+    meta = read_metadata(exported["r32"].path)
+    assert meta.input_size == (3, 32, 32) and meta.patch_grid == (4, 4)
+    assert meta.mean == exported["meta"].mean and meta.method == "ltx"
+    assert meta.source_sha256 == exported["meta"].source_sha256 and len(meta.source_sha256) == 64
+    assert ExplainerMetadata.from_json(meta.to_json()) == meta
+
+
+def test_fast_attribution_matches_upsampled_mask(exported: dict) -> None:
+    module, vit = exported["module"], exported["vit"]
+    x = input_for(vit, batch=2)
+    attr = FastAttribution(exported["r32"].path).attribute(x, target=[1, 2])
+    with torch.no_grad():
+        want = upsample_patch_map(module(x), x.shape)
+    assert attr.shape == x.shape
+    torch.testing.assert_close(attr, want, rtol=TOL["onnx_fp32"][0], atol=TOL["onnx_fp32"][1])
+    out = FastAttribution(exported["r32"].path).attribute((x,), return_patch_map=True)
+    assert isinstance(out, tuple) and out[0].shape == (2, 4, 4)
+    with pytest.raises(ValueError, match="target"):
+        FastAttribution(exported["r32"].path).attribute(x, target=99)
+
+
+def test_bad_files_and_inputs(exported: dict, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        FastExplainer(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a valid ONNX"):
+        FastExplainer(junk)
+    fe = FastExplainer(exported["r32"].path)
+    with pytest.raises(ValueError, match="shape"):
+        fe(torch.randn(1, 3, 48, 48))
+    with pytest.raises(ValueError, match="NaN"):
+        fe(torch.full((1, 3, 32, 32), float("nan")))
+    with pytest.raises(ValueError, match="not available"):
+        FastExplainer(exported["r32"].path, providers=["NoSuchExecutionProvider"])
+
+
+def test_foreign_onnx_rejected(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
+    path = tmp_path / "foreign.onnx"
+    onnx.save_model(helper.make_model(graph), str(path))
+    with pytest.raises(ValueError, match="metadata"):
+        FastExplainer(path)
+
+
+def test_parity_failure_is_loud(exported: dict, tmp_path: Path) -> None:
+    with pytest.raises(ExportParityError):
+        export_onnx(exported["module"], tmp_path / "x.onnx", exported["meta"], atol=0.0 - 1.0)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_provider_preference() -> None:
+    assert select_providers(["CPUExecutionProvider", "TensorrtExecutionProvider", "CUDAExecutionProvider"]) == [
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    with pytest.raises(RuntimeError):
+        select_providers(["SomethingElse"])
+
+
+def test_mismatched_explainer_rejected() -> None:
+    a, b = make_vit("cls"), make_vit("rect")
+    with pytest.raises(ValueError, match="does not match"):
+        pltx_export_module(build_explainer(a), b)
