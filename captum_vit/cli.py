@@ -13,8 +13,11 @@ import sys
 #: name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("captum_vit.demo", "explain built-in images with every method; write a figure and a table"),
+    "evaluate": ("captum_vit.evaluate", "score methods on a dataset with the papers' metrics (torchrun-shardable)"),
+    "export": ("captum_vit.export.cli", "export a trained explainer to ONNX (and a TensorRT engine)"),
     "train-models": ("captum_vit.training.train_classifier", "train the shipped synthetic-benchmark ViT and CNN"),
     "train-diffmask": ("captum_vit.training.diffmask_train", "train Vision DiffMask gates for a shipped ViT"),
+    "pretrain-ltx": ("captum_vit.training.ltx_pretrain", "pretrain an LTX/EEA explainer (pLTX) for a shipped model"),
 }
 
 

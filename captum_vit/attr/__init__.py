@@ -6,19 +6,25 @@ from captum_vit.attr.attention_gradcam import AttentionGradCAM
 from captum_vit.attr.diffmask import VisionDiffMask
 from captum_vit.attr.gae import GenericAttention
 from captum_vit.attr.iia import IIA
+from captum_vit.attr.ltx import EEA, LTX, PLTX
 from captum_vit.attr.mutex import MUTEX
 from captum_vit.attr.raw_attention import RawAttention
 from captum_vit.attr.rollout import AttentionRollout
+from captum_vit.attr.transformer_attribution import TransformerAttribution
 from captum_vit.attr.vit_gradcam import ViTGradCAM
 
 __all__ = [
     "AttentionGradCAM",
     "AttentionRollout",
     "GenericAttention",
+    "EEA",
     "IIA",
+    "LTX",
     "MUTEX",
     "MapAttribution",
+    "PLTX",
     "RawAttention",
+    "TransformerAttribution",
     "ViTGradCAM",
     "VisionDiffMask",
     "get_method",

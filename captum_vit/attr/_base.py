@@ -55,6 +55,12 @@ class MapAttribution(GradientAttribution):
     #: Default interpolation of the patch map.
     default_interpolate_mode: ClassVar[str] = "bilinear"
 
+    @property
+    def runs_explainee(self) -> bool:
+        """Whether ``attribute`` runs the explained model (an amortised explainer such as
+        pLTX explains in one pass of its own network and never calls it)."""
+        return True
+
     def __init__(self, model: nn.Module, interpolate_mode: str | None = None) -> None:
         self.adapter = make_adapter(model, self.model_kinds)
         GradientAttribution.__init__(self, model)

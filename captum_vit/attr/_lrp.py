@@ -84,9 +84,8 @@ def residual_relevance(a: Tensor, b: Tensor, r: Tensor) -> tuple[Tensor, Tensor]
     dims = tuple(range(1, r.dim()))
     sa, sb, total = ra.sum(dims, keepdim=True), rb.sum(dims, keepdim=True), r.sum(dims, keepdim=True)
     den = sa.abs() + sb.abs()
-    return ra * safe_divide(safe_divide(sa.abs(), den) * total, sa), rb * safe_divide(
-        safe_divide(sb.abs(), den) * total, sb
-    )
+    share_a, share_b = safe_divide(sa.abs(), den) * total, safe_divide(sb.abs(), den) * total
+    return ra * safe_divide(share_a, sa), rb * safe_divide(share_b, sb)
 
 
 def product_relevance(x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
@@ -199,7 +198,7 @@ def propagate(
 def _cast(obj: _T, dtype: torch.dtype) -> _T:
     """A copy of a trace dataclass with every floating tensor (nested ones too) in ``dtype``
     (half-precision models are propagated in float32)."""
-    changes = {}
+    changes: dict[str, object] = {}
     for f in fields(obj):  # type: ignore[arg-type]
         v = getattr(obj, f.name)
         if isinstance(v, Tensor) and v.is_floating_point():

@@ -60,7 +60,8 @@ def rollout_step(fused: Tensor, discard_ratio: float = 0.0, impl: str = "auto") 
 
     ``impl``: ``"auto"`` (Triton for CUDA tensors when Triton imports), ``"reference"`` or
     ``"triton"``. The Triton kernel fuses the identity and the row normalisation; the discard
-    selection (a top-k) stays a torch op on both paths.
+    selection (a top-k) stays a torch op on both paths. The Triton path has no backward: inputs
+    needing a gradient use the reference under ``"auto"`` and raise under ``"triton"``.
 
     Examples
     --------
@@ -90,6 +91,7 @@ def attention_rollout(
 ) -> Tensor:
     """Rollout of a ``(L, B, heads, N, N)`` attention stack: ``A'_{L-1} ... A'_{start}``.
 
+    Each factor ``A'`` is :func:`rollout_step` of the head-fused layer (``impl`` is passed on).
     Returns the ``(B, N, N)`` joint attention.
     """
     if attentions.dim() != 5:

@@ -9,6 +9,7 @@ from captum_vit.models.hooks import (
     record_hidden_states,
     replace_patch_embeddings,
 )
+from captum_vit.models.pretrained import list_pretrained, load_pretrained
 from captum_vit.models.vit import SUPPORTED_VITS, Readout, ViTAdapter, is_vit, upsample_patch_map
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "ViTAdapter",
     "is_vit",
     "keep_patch_tokens",
+    "list_pretrained",
+    "load_pretrained",
     "record_activations",
     "record_attention",
     "record_hidden_states",

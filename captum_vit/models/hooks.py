@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from timm.layers import Mlp
@@ -417,7 +418,7 @@ class LRPTrace:
         out = []
         for i, s in enumerate(self.raw_blocks):
             g = lambda k, s=s: self._get(s, k)  # noqa: E731
-            blk = self.adapter.blocks[i]
+            blk: Any = self.adapter.blocks[i]  # a checked timm Block
             out.append(
                 BlockTrace(
                     x=g("x"),
@@ -444,7 +445,7 @@ class LRPTrace:
     def heads(self) -> list[HeadTrace]:
         """One head, or two for distilled DeiT (class row → ``head``, distillation row →
         ``head_dist``; the logits are their mean)."""
-        m = self.adapter.model
+        m: Any = self.adapter.model
         n = self.tokens.shape[1]
         dev = self.tokens.device
         if _is_distilled(m):
@@ -458,7 +459,8 @@ class LRPTrace:
         ]
 
     def embedding(self) -> EmbeddingTrace:
-        conv = self.adapter.model.patch_embed.proj  # type: ignore[union-attr]
+        model: Any = self.adapter.model
+        conv = model.patch_embed.proj
         if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.dilation != (1, 1):
             raise TypeError(f"full LRP needs a plain Conv2d patch embedding, got {type(conv).__name__}")
         tokens = self._get(self.raw, "embed")
@@ -468,7 +470,7 @@ class LRPTrace:
             image=self._get(self.raw, "image"),
             weight=conv.weight.detach(),
             stride=(int(conv.stride[0]), int(conv.stride[1])),
-            padding=(int(conv.padding[0]), int(conv.padding[1])),  # type: ignore[index]
+            padding=(int(conv.padding[0]), int(conv.padding[1])),
             tokens=tokens,
             position=self._get(self.raw, "pre_norm")[:, p:] - tokens,
             grid=(int(conv_out.shape[-2]), int(conv_out.shape[-1])),
@@ -536,7 +538,7 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
     True
     """
     adapter = check_lrp_supported(model)
-    m = adapter.model
+    m: Any = adapter.model
     trace = LRPTrace(adapter, [{} for _ in adapter.blocks])
 
     def put(store: dict[str, Tensor], key: str, keep_graph: bool = False) -> Callable[..., None]:
@@ -546,7 +548,7 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
 
         return hook
 
-    def put_qkv(store: dict[str, Tensor], blk: nn.Module) -> Callable[..., None]:
+    def put_qkv(store: dict[str, Tensor], blk: Any) -> Callable[..., None]:
         def hook(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
             b, n, _ = out.shape
             qkv = out.detach().reshape(b, n, 3, blk.attn.num_heads, blk.attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -558,7 +560,8 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
         trace.raw["embed"] = _flatten_tokens(out.detach())
 
     with _fused_attention_off(adapter), _handles() as hs:
-        for s, blk in zip(trace.raw_blocks, adapter.blocks):
+        blocks: list[Any] = adapter.blocks  # checked timm Blocks
+        for s, blk in zip(trace.raw_blocks, blocks):
             a, mlp = blk.attn, blk.mlp
             hs += [
                 blk.register_forward_pre_hook(put(s, "x")),
@@ -576,17 +579,17 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
             ]
         r = trace.raw
         hs += [
-            m.norm.register_forward_hook(put(r, "tokens")),  # type: ignore[union-attr]
-            m.head.register_forward_pre_hook(put(r, "head_in")),  # type: ignore[union-attr]
-            m.head.register_forward_hook(put(r, "head")),  # type: ignore[union-attr]
-            m.patch_embed.proj.register_forward_pre_hook(put(r, "image")),  # type: ignore[union-attr]
-            m.patch_embed.proj.register_forward_hook(put(r, "conv_out")),  # type: ignore[union-attr]
-            m.patch_embed.register_forward_hook(put_embed),  # type: ignore[union-attr]
-            m.norm_pre.register_forward_pre_hook(put(r, "pre_norm")),  # type: ignore[union-attr]
+            m.norm.register_forward_hook(put(r, "tokens")),
+            m.head.register_forward_pre_hook(put(r, "head_in")),
+            m.head.register_forward_hook(put(r, "head")),
+            m.patch_embed.proj.register_forward_pre_hook(put(r, "image")),
+            m.patch_embed.proj.register_forward_hook(put(r, "conv_out")),
+            m.patch_embed.register_forward_hook(put_embed),
+            m.norm_pre.register_forward_pre_hook(put(r, "pre_norm")),
         ]
         if _is_distilled(m):
             hs += [
-                m.head_dist.register_forward_pre_hook(put(r, "head_dist_in")),  # type: ignore[union-attr]
-                m.head_dist.register_forward_hook(put(r, "head_dist")),  # type: ignore[union-attr]
+                m.head_dist.register_forward_pre_hook(put(r, "head_dist_in")),
+                m.head_dist.register_forward_hook(put(r, "head_dist")),
             ]
         yield trace

@@ -123,3 +123,18 @@ def test_mismatched_explainer_rejected() -> None:
     a, b = make_vit("cls"), make_vit("rect")
     with pytest.raises(ValueError, match="does not match"):
         pltx_export_module(build_explainer(a), b)
+
+
+def test_fast_attribution_equals_pltx(tmp_path: Path) -> None:
+    """The exported explainer through the captum call == LTX(model, finetune_steps=0)."""
+    from captum_vit.attr import LTX
+
+    vit = make_vit("cls")
+    torch.manual_seed(5)
+    explainer = build_explainer(vit).eval()
+    module, meta = pltx_export_module(explainer, vit)
+    path = export_onnx(module, tmp_path / "p.onnx", meta).path
+    x = input_for(vit, batch=3, seed=11)
+    want = LTX(vit, explainer=explainer, finetune_steps=0).attribute(x, target=[0, 1, 2])
+    got = FastAttribution(path).attribute(x, target=[0, 1, 2])
+    assert (got - want).abs().max() <= 1e-4

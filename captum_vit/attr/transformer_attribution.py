@@ -1,0 +1,147 @@
+"""Transformer Attribution (Chefer, Gur & Wolf, CVPR 2021; methods.md §9) on a stock timm ViT."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from captum_vit.attr._lrp import propagate
+from captum_vit.attr._registry import register_method
+from captum_vit.attr._vit_common import AttentionAttribution
+from captum_vit.models.hooks import check_lrp_supported, record_lrp_trace
+
+METHODS = ("transformer_attribution", "rollout", "last_layer", "full")
+
+
+@register_method("transformer_attribution")
+class TransformerAttribution(AttentionAttribution):
+    """Transformer Attribution: LRP relevance of each block's attention combined with its
+    gradient, rolled out over the blocks.
+
+    Relevance starts as the one-hot target class at the logits and is propagated through
+    the recorded forward pass of the unmodified model (rules in :mod:`captum_vit.attr._lrp`:
+    αβ for linear layers, re-normalised proportional split at residual additions, explicit
+    rules for ``q kᵀ`` and ``A v``, pass-through for softmax / LayerNorm / GELU). For each
+    block ``l ≥ start_layer`` (eqs. 13-14 of the paper)::
+
+        Ā_l = I + mean_heads((∇A_l ⊙ R(A_l))⁺),   C = Ā_{L-1} ··· Ā_{start_layer}
+
+    and the map is the classifier's row of ``C`` (class token; mean of class and
+    distillation rows for distilled DeiT; mean of patch rows for average pooling) over the
+    patches. As in the paper and the official ``compute_rollout_attention`` (whose row
+    normalisation is commented out), the factors are not row-normalised unless
+    ``normalize_rows=True``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A timm ViT built from pre-norm ``Block``s with an ``Mlp`` and a linear head, with
+        class-token, distillation or average pooling (register tokens are fine).
+    method : str
+        ``"transformer_attribution"`` (the paper), or the official code's other LRP read-outs:
+        ``"rollout"`` (rollout of ``mean_heads(R(A_l)⁺)``), ``"last_layer"``
+        (``mean_heads(R(A_{L-1})⁺)``, classifier row) or ``"full"`` (LRP down to the pixels
+        through the patch-embedding convolution, summed over channels; the "patch map" is
+        then at pixel resolution ``(B, H, W)``).
+    start_layer : int
+        First block of the rollout. Default 1: Chefer et al.'s evaluation scripts call
+        ``generate_LRP(..., start_layer=1)`` (the function's own default is 0).
+    alpha : float
+        α of the αβ rule (β = α - 1); 1 as in the paper.
+    normalize_rows : bool
+        Row-normalise each rollout factor (Abnar & Zuidema) instead of the paper's plain
+        ``I + Ā``.
+    interpolate_mode : str, optional
+        Upsampling of the patch map (default bilinear, as the paper).
+
+    Raises
+    ------
+    TypeError
+        For models LRP cannot traverse (other block types, gated attention, no linear head).
+    ValueError
+        For an unknown ``method``, a ``start_layer`` outside ``[0, num_blocks)``, ``alpha < 1``,
+        or an unsupported pooling (attention pooling, max pooling).
+
+    References
+    ----------
+    Chefer, Gur & Wolf, "Transformer Interpretability Beyond Attention Visualization",
+    CVPR 2021, §3 and eqs. (13)-(14); official code ``hila-chefer/Transformer-Explainability``
+    (``baselines/ViT/ViT_LRP.py``, ``modules/layers_ours.py``).
+    Bach et al., "On Pixel-Wise Explanations for Non-Linear Classifier Decisions by
+    Layer-Wise Relevance Propagation", PLOS ONE 2015 (the αβ rule).
+
+    Examples
+    --------
+    >>> import timm, torch
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                       depth=2, img_size=32).eval()
+    >>> ta = TransformerAttribution(m)
+    >>> ta.attribute(torch.rand(2, 3, 32, 32), target=[0, 2]).shape
+    torch.Size([2, 3, 32, 32])
+    >>> TransformerAttribution(m, method="full").attribute(
+    ...     torch.rand(1, 3, 32, 32), target=1, return_patch_map=True).shape
+    torch.Size([1, 32, 32])
+    """
+
+    methods: ClassVar[tuple[str, ...]] = METHODS
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "transformer_attribution",
+        start_layer: int = 1,
+        alpha: float = 1.0,
+        normalize_rows: bool = False,
+        interpolate_mode: str | None = None,
+    ) -> None:
+        super().__init__(model, interpolate_mode)
+        check_lrp_supported(self.vit)
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        n = self.vit.num_blocks
+        if not 0 <= start_layer < n:
+            raise ValueError(f"start_layer must be in [0, {n}) for this {n}-block model, got {start_layer}")
+        if not alpha >= 1.0:
+            raise ValueError(f"alpha must be >= 1 (beta = alpha - 1 >= 0), got {alpha}")
+        self.method, self.start_layer, self.alpha, self.normalize_rows = method, start_layer, alpha, normalize_rows
+
+    def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
+        needs_grad = self.method == "transformer_attribution"
+        with torch.set_grad_enabled(needs_grad), record_lrp_trace(self.vit) as trace:
+            # the input needs a gradient only so attention is in the graph for a frozen model
+            logits = self._forward(x.requires_grad_(needs_grad), forward_args)
+            score, idx = self._target_score(logits, target)
+            blocks = trace.blocks()
+            grads = (
+                torch.autograd.grad(score, [b.attention for b in blocks[self.start_layer :]]) if needs_grad else None
+            )
+        stop = {"transformer_attribution": self.start_layer, "rollout": self.start_layer, "last_layer": -1}
+        rel = propagate(
+            trace, idx, self.alpha, stop_at=stop.get(self.method, 0) % len(blocks), to_pixels=self.method == "full"
+        )
+        if self.method == "full":
+            assert rel.pixels is not None
+            return rel.pixels.sum(dim=1)[..., : x.shape[-2], : x.shape[-1]]
+        size = (x.shape[-2], x.shape[-1])
+        r_attn = [r for r in rel.attention if r is not None]
+        if self.method == "last_layer":
+            return self._read_rows(r_attn[-1].clamp(min=0).mean(dim=1), size)
+        if grads is not None:
+            cams = [(g.to(r.dtype) * r).clamp(min=0).mean(dim=1) for g, r in zip(grads, r_attn)]
+        else:
+            cams = [r.clamp(min=0).mean(dim=1) for r in r_attn]
+        return self._read_rows(self._rollout(cams), size)
+
+    def _rollout(self, cams: list[Tensor]) -> Tensor:
+        """``(Ā_{L-1} + I) ··· (Ā_start + I)`` for ``(B, N, N)`` factors (eq. 14)."""
+        eye = torch.eye(cams[0].shape[-1], dtype=cams[0].dtype, device=cams[0].device)
+        joint: Tensor | None = None
+        for cam in cams:
+            factor = cam + eye
+            if self.normalize_rows:
+                factor = factor / factor.sum(dim=-1, keepdim=True)
+            joint = factor if joint is None else torch.bmm(factor, joint)
+        assert joint is not None
+        return joint

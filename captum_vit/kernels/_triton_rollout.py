@@ -1,0 +1,46 @@
+"""Triton kernel for :func:`captum_vit.kernels.rollout.rollout_step` (imported only on the
+Triton path): add the identity and row-normalise in one kernel, one program per row block."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from captum_vit.kernels._triton_utils import reduce_sum
+
+TILE = 16  # rows per program
+
+
+@triton.jit
+def rollout_step_kernel(a_ptr, out_ptr, N, TILE: tl.constexpr, CHUNK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * TILE + tl.arange(0, TILE)
+    row_ok = rows < N
+    base = b * N * N
+    # Row sums of A + I (Abnar & Zuidema 2020, §3: residual connections as the identity).
+    total = tl.full([TILE], 0.0, dtype=tl.float32)
+    for c0 in range(0, N, CHUNK):
+        cols = c0 + tl.arange(0, CHUNK)
+        ok = row_ok[:, None] & (cols < N)[None, :]
+        v = tl.load(a_ptr + base + rows[:, None] * N + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        v += tl.where(rows[:, None] == cols[None, :], 1.0, 0.0)
+        total += reduce_sum(v, axis=1)
+    total = tl.where(row_ok, total, 1.0)  # rows past N: avoid 0/0 in lanes that are never stored
+    for c0 in range(0, N, CHUNK):
+        cols = c0 + tl.arange(0, CHUNK)
+        ok = row_ok[:, None] & (cols < N)[None, :]
+        idx = base + rows[:, None] * N + cols[None, :]
+        v = tl.load(a_ptr + idx, mask=ok, other=0.0).to(tl.float32)
+        v += tl.where(rows[:, None] == cols[None, :], 1.0, 0.0)
+        tl.store(out_ptr + idx, (v / total[:, None]).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def launch(a: Tensor) -> Tensor:
+    """``(A + I)`` row-normalised for a contiguous ``(B, N, N)`` tensor."""
+    b, n, _ = a.shape
+    out = torch.empty_like(a)
+    chunk = min(triton.next_power_of_2(n), 256)
+    rollout_step_kernel[(b, triton.cdiv(n, TILE))](a, out, n, TILE=TILE, CHUNK=chunk)
+    return out

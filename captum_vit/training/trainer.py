@@ -1,0 +1,468 @@
+"""A small, generic training loop shared by the explainer trainings (LTX, DiffMask).
+
+What it does
+------------
+* iterates a map-style dataset in a seeded, epoch-dependent order (``DistributedSampler``
+  with ``set_epoch``, also for one process), so the data order depends only on ``seed``;
+* calls ``loss_fn(model, batch)`` and takes one optimiser step (and one scheduler step) per
+  batch; ``loss_fn`` returns the loss, or ``(loss, {"name": float, ...})`` for the progress
+  bar and the history;
+* shows a ``tqdm`` progress bar (rank 0 only);
+* every ``checkpoint_every`` steps writes ``last.pt`` atomically (a temporary file in the same
+  folder, then ``os.replace``) holding the model, optimiser and scheduler states, the RNG
+  states of torch (CPU and CUDA), numpy and Python (per rank), the step and the best metric;
+* every ``validate_every`` steps calls ``validate(model, step) -> float`` (rank 0, under a
+  forked RNG so validation never changes the training stream) and writes ``best.pt`` when the
+  metric improves (``higher_is_better`` picks the direction);
+* ``fit(resume=True)`` continues from ``last.pt``: because the data order, the RNG states and
+  the step are restored, a run killed after its last checkpoint and resumed ends with the
+  same weights as an uninterrupted run with the same seed (up to float non-associativity);
+* a non-finite loss stops training with :class:`NonFiniteLossError` before the bad step is
+  applied; the last good checkpoint on disk is left untouched;
+* under ``torchrun`` (or any initialised ``torch.distributed`` process group) the model is
+  wrapped in ``DistributedDataParallel``, each rank takes ``batch_size // world_size``
+  examples of every global batch, and only rank 0 validates and writes checkpoints.
+  :func:`init_distributed` sets up the process group from torchrun's environment
+  (gloo on CPU, nccl on CUDA). With a deterministic per-example-mean loss, 2-process
+  training equals 1-process training with the same global ``batch_size``.
+
+Requirements on the caller: ``loss_fn`` should return a mean over the examples of the batch
+(DDP averages the ranks' gradients); randomness inside ``loss_fn`` must come from torch,
+numpy or Python's global generators (their states are checkpointed); BatchNorm layers in
+training mode make DDP differ from one process (their statistics are per rank).
+
+Examples
+--------
+>>> import torch
+>>> from torch.utils.data import TensorDataset
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> data = TensorDataset(torch.randn(16, 3), torch.randn(16, 1))
+>>> model = torch.nn.Linear(3, 1)
+>>> def loss_fn(m, batch):
+...     x, y = batch
+...     return ((m(x) - y) ** 2).mean()
+>>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+>>> result = Trainer(model, opt, loss_fn, data, batch_size=4, max_steps=8, progress=False).fit()
+>>> result.step
+8
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+LossOutput = Tensor | tuple[Tensor, Mapping[str, float]]
+LossFn = Callable[[nn.Module, Any], LossOutput]
+ValidateFn = Callable[[nn.Module, int], float]
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss is NaN or infinite; training stops before that step."""
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    step: int
+    best_metric: float | None
+    best_step: int | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+
+
+# ----------------------------------------------------------------------- distributed
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def init_distributed() -> torch.device:
+    """Initialise ``torch.distributed`` from torchrun's environment when it is set.
+
+    Uses nccl when CUDA is available (one GPU per local rank), gloo otherwise. Without
+    torchrun's variables it does nothing. Returns the device this process should train on.
+    """
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1 or is_distributed():
+        if is_distributed() and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return torch.device("cuda", local)
+    dist.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+# -------------------------------------------------------------------------- helpers
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a (nested) batch to ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # numpy arrays are not allowed by torch.load(weights_only=True): store as a tensor.
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then ``os.replace`` it in: a kill
+    mid-write leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :class:`Trainer` (``weights_only=True``)."""
+    return torch.load(Path(path), map_location=map_location, weights_only=True)
+
+
+def _all_finite(loss: Tensor) -> bool:
+    ok = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+    if is_distributed():  # every rank must stop together
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)
+
+
+# -------------------------------------------------------------------------- trainer
+class Trainer:
+    """Train ``model`` by minimising ``loss_fn`` over ``dataset`` (see the module docstring).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained network (not a user's explainee); it is put in training mode.
+    optimizer : torch.optim.Optimizer
+        Over ``model``'s trainable parameters.
+    loss_fn : callable
+        ``loss_fn(model, batch) -> loss`` or ``(loss, logs)``; ``model`` is the DDP wrapper
+        when distributed, so call it rather than its submodules for gradient averaging.
+    dataset : Dataset
+        A map-style dataset; batches are collated with ``collate_fn``.
+    batch_size : int
+        The global batch size (divisible by the world size).
+    max_steps : int
+        Total optimiser steps (across epochs).
+    scheduler : LRScheduler, optional
+        Stepped once per optimiser step.
+    validate : callable, optional
+        ``validate(model, step) -> float`` on the unwrapped model; called every
+        ``validate_every`` steps and after the last step.
+    higher_is_better : bool
+        Direction of the validation metric (False: lower is better, as positive-perturbation AUC).
+    checkpoint_dir : str or Path, optional
+        Where ``last.pt`` and ``best.pt`` go; None disables checkpointing.
+    checkpoint_every, validate_every : int
+        Intervals in optimiser steps.
+    seed : int
+        Seeds the data order (and nothing else: seed the model yourself).
+    grad_clip : float, optional
+        Clip the global gradient norm to this value.
+    device : torch.device, optional
+        Defaults to the device of the model's first parameter.
+    collate_fn, num_workers :
+        Passed to the ``DataLoader``.
+    progress : bool
+        Show the tqdm bar (rank 0 only).
+
+    Raises
+    ------
+    ValueError
+        For a non-positive ``batch_size``/``max_steps``/interval, a batch size the world size
+        does not divide, a dataset smaller than one batch, or a checkpoint whose model does
+        not match ``model``.
+    NonFiniteLossError
+        From :meth:`fit`, when a loss is NaN or infinite.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        dataset: Dataset,
+        batch_size: int,
+        max_steps: int,
+        *,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        validate: ValidateFn | None = None,
+        higher_is_better: bool = False,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 100,
+        validate_every: int = 100,
+        seed: int = 0,
+        grad_clip: float | None = None,
+        device: torch.device | str | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> None:
+        for name, v in (("batch_size", batch_size), ("max_steps", max_steps)):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name, v in (("checkpoint_every", checkpoint_every), ("validate_every", validate_every)):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if batch_size % world_size():
+            raise ValueError(f"batch_size {batch_size} must be divisible by the world size {world_size()}")
+        self.local_batch = batch_size // world_size()
+        if len(dataset) // world_size() < self.local_batch:  # type: ignore[arg-type]
+            raise ValueError(f"dataset of {len(dataset)} examples is smaller than one batch of {batch_size}")  # type: ignore[arg-type]
+        self.model, self.optimizer, self.loss_fn, self.dataset = model, optimizer, loss_fn, dataset
+        self.batch_size, self.max_steps, self.scheduler = batch_size, max_steps, scheduler
+        self.validate, self.higher_is_better = validate, higher_is_better
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint_every, self.validate_every = checkpoint_every, validate_every
+        self.seed, self.grad_clip, self.progress = seed, grad_clip, progress
+        self.collate_fn, self.num_workers = collate_fn, num_workers
+        if device is None:
+            p = next(model.parameters(), None)
+            device = p.device if p is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self.sampler: DistributedSampler[Any] = DistributedSampler(
+            dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed, drop_last=True
+        )
+        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        self.step = 0
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.history: list[dict[str, float]] = []
+
+    # --------------------------------------------------------------- checkpoints
+    def _paths(self) -> tuple[Path | None, Path | None]:
+        if self.checkpoint_dir is None:
+            return None, None
+        return self.checkpoint_dir / LAST, self.checkpoint_dir / BEST
+
+    def state_dict(self) -> dict[str, Any]:
+        rngs: list[Any] = [_rng_state()]
+        if is_distributed():
+            rngs = [None] * world_size()
+            dist.all_gather_object(rngs, _rng_state())
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": rngs,
+            "step": self.step,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "history": self.history,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (model, optimiser, scheduler, RNG, counters)."""
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint does not match the model being trained: {e}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        rngs = state["rng"]
+        _set_rng_state(rngs[rank()] if rank() < len(rngs) else rngs[0])
+        self.step, self.best_metric, self.best_step = int(state["step"]), state["best_metric"], state["best_step"]
+        self.history = list(state.get("history", []))
+
+    def _save_last(self) -> None:
+        last, _ = self._paths()
+        if last is None:
+            return
+        state = self.state_dict()  # collective under DDP: every rank takes part
+        if rank() == 0:
+            atomic_save(state, last)
+
+    # ---------------------------------------------------------------- validation
+    def _run_validation(self) -> None:
+        if self.validate is None:
+            return
+        metric = [float("nan")]
+        if rank() == 0:
+            was_training = self.model.training
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                self.model.eval()
+                with torch.no_grad():
+                    metric[0] = float(self.validate(self.model, self.step))
+                self.model.train(was_training)
+        if is_distributed():
+            dist.broadcast_object_list(metric, src=0)
+        value = metric[0]
+        self.history.append({"step": float(self.step), "val": value})
+        better = self.best_metric is None or (
+            value > self.best_metric if self.higher_is_better else value < self.best_metric
+        )
+        if math.isfinite(value) and better:
+            self.best_metric, self.best_step = value, self.step
+            _, best = self._paths()
+            if best is not None and rank() == 0:
+                atomic_save({"model": self.model.state_dict(), "step": self.step, "metric": value}, best)
+
+    # ---------------------------------------------------------------------- loop
+    def _batches(self, epoch: int, skip: int) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        indices = list(self.sampler)[skip * self.local_batch : self.steps_per_epoch * self.local_batch]
+        # A dedicated generator: DataLoader draws a base seed when iterated, which must not
+        # consume the global RNG (a resumed run creates its loader at a different point).
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.local_batch,
+            sampler=indices,
+            drop_last=True,
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            generator=gen,
+        )
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``max_steps``; with ``resume=True`` continue from ``checkpoint_dir/last.pt``
+        when it exists (a fresh start otherwise)."""
+        last, best = self._paths()
+        if resume:
+            if last is None:
+                raise ValueError("resume=True needs a checkpoint_dir")
+            if last.exists():
+                self.load_state_dict(load_checkpoint(last, self.device))
+        self.model.to(self.device)
+        net: nn.Module = self.model
+        if is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(self.model, device_ids=ids)
+        self.model.train()
+        bar = tqdm(
+            total=self.max_steps, initial=self.step, disable=not self.progress or rank() != 0, dynamic_ncols=True
+        )
+        try:
+            while self.step < self.max_steps:
+                epoch, skip = divmod(self.step, self.steps_per_epoch)
+                for batch in self._batches(epoch, skip):
+                    logs = self._train_step(net, move_to(batch, self.device))
+                    self.step += 1
+                    bar.update(1)
+                    bar.set_postfix(logs, refresh=False)
+                    if self.step % self.validate_every == 0 or self.step == self.max_steps:
+                        self._run_validation()
+                    if self.step % self.checkpoint_every == 0 or self.step == self.max_steps:
+                        self._save_last()
+                    if self.step >= self.max_steps:
+                        break
+        finally:
+            bar.close()
+        return TrainResult(
+            step=self.step,
+            best_metric=self.best_metric,
+            best_step=self.best_step,
+            history=self.history,
+            last_checkpoint=last if last is not None and last.exists() else None,
+            best_checkpoint=best if best is not None and best.exists() else None,
+        )
+
+    def _train_step(self, net: nn.Module, batch: Any) -> dict[str, float]:
+        out = self.loss_fn(net, batch)
+        loss, logs = (out, {}) if isinstance(out, Tensor) else out
+        if loss.dim() != 0:
+            raise ValueError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}")
+        if not _all_finite(loss):
+            where = f"; the last good checkpoint is {self._paths()[0]}" if self.checkpoint_dir else ""
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at step {self.step + 1}; training stopped "
+                f"before applying it{where}. Lower the learning rate or check the inputs."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        record = {"loss": float(loss.detach())} | {k: float(v) for k, v in logs.items()}
+        return record
+
+
+def linear_warmup_decay(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.2
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup_fraction`` of ``total_steps``, then linear decay to 0 (the
+    LTX schedule, methods.md §2.4, but computed from the steps actually run)."""
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+    warm = max(1, int(round(warmup_fraction * total_steps)))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+__all__: Sequence[str] = [
+    "NonFiniteLossError",
+    "TrainResult",
+    "Trainer",
+    "atomic_save",
+    "init_distributed",
+    "is_distributed",
+    "linear_warmup_decay",
+    "load_checkpoint",
+    "move_to",
+    "rank",
+    "world_size",
+]

@@ -1,0 +1,98 @@
+"""captum_vit.attr.LTX / PLTX / EEA: values, explainer handling and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from captum_vit.attr import EEA, LTX, PLTX
+from captum_vit.metrics import model_normalization
+from captum_vit.models.explainer import build_explainer
+from captum_vit.training.ltx import LTXObjective, finetune_masks
+from tests.conftest import input_for, make_cnn, make_vit
+from tests.helpers import assert_close
+
+
+def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    e = build_explainer(model)
+    with torch.no_grad():
+        e.head[-1].weight.normal_(0, 0.5)  # a non-constant mask
+    return e
+
+
+def test_pltx_is_the_explainer_mask_upsampled() -> None:
+    model = make_vit()
+    explainer = _trained_looking(model)
+    x = input_for(model, batch=2)
+    attr = PLTX(model, explainer=explainer).attribute(x)
+    mask = torch.sigmoid(explainer(x))
+    up = torch.nn.functional.interpolate(mask[:, None], size=(32, 32), mode="bilinear", align_corners=False)
+    assert_close(attr, up.expand(2, 3, 32, 32), "fp32")
+    assert_close(LTX(model, explainer=explainer, finetune_steps=0).attribute(x, return_patch_map=True), mask, "fp32")
+
+
+def test_ltx_equals_finetuning_on_pixel_space_images_and_leaves_models_alone() -> None:
+    model = make_vit()
+    explainer = _trained_looking(model)
+    state = {k: v.clone() for k, v in explainer.state_dict().items()}
+    model_state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = input_for(model, batch=2)
+    got = LTX(model, explainer=explainer, finetune_steps=2, finetune_lr=1e-3).attribute(
+        x, target=[1, 4], return_patch_map=True
+    )
+    mean, std = model_normalization(model)
+    pixels = x * std.view(-1, 1, 1) + mean.view(-1, 1, 1)
+    obj = LTXObjective(model, mean, std, mask_weight=LTX(model, explainer=explainer).mask_weight)
+    expected = finetune_masks(explainer, obj, pixels, torch.tensor([1, 4]), steps=2, lr=1e-3)
+    assert_close(got, expected, "fp32_loose")
+    assert all(torch.equal(v, state[k]) for k, v in explainer.state_dict().items())
+    assert all(torch.equal(v, model_state[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_explainer_from_checkpoint_files(tmp_path: Path) -> None:
+    model = make_vit()
+    explainer = _trained_looking(model)
+    torch.save({"model": explainer.state_dict(), "step": 3}, tmp_path / "best.pt")
+    save_file({k: v.contiguous() for k, v in explainer.state_dict().items()}, str(tmp_path / "e.safetensors"))
+    x = input_for(model, batch=1)
+    ref = PLTX(model, explainer=explainer).attribute(x)
+    for name in ("best.pt", "e.safetensors"):
+        assert_close(PLTX(model, explainer=tmp_path / name).attribute(x), ref, "exact", msg=name)
+
+
+def test_bad_input() -> None:
+    vit, cnn = make_vit(), make_cnn()
+    with pytest.raises(ValueError, match="finetune_steps"):
+        LTX(vit, explainer=build_explainer(vit), finetune_steps=-1)
+    with pytest.raises(ValueError, match="does not match the explainee"):
+        LTX(vit, explainer=build_explainer(cnn))
+    with pytest.raises(ValueError, match="does not match the explainee"):
+        LTX(vit, explainer=build_explainer(make_vit(patch_size=4)))
+    with pytest.raises(ValueError, match="another model"):  # same architecture, other weights
+        LTX(vit, explainer=build_explainer(make_vit(seed=3)))
+    with pytest.raises(ValueError, match="mask_loss"):
+        LTX(vit, explainer=build_explainer(vit), mask_loss="kl")
+    with pytest.raises(TypeError, match="explainer"):
+        LTX(vit, explainer=42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        EEA(vit, explainer=build_explainer(vit))
+
+
+def test_checkpoint_of_another_model_is_rejected(tmp_path: Path) -> None:
+    vit = make_vit()
+    torch.save({"model": build_explainer(make_vit(seed=5)).state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="another model"):
+        LTX(vit, explainer=tmp_path / "other.pt")
+    torch.save({"model": build_explainer(make_vit(kind="dist")).state_dict()}, tmp_path / "arch.pt")
+    with pytest.raises(ValueError, match="architecture"):
+        LTX(vit, explainer=tmp_path / "arch.pt")
+
+
+def test_unknown_model_gets_an_untrained_explainer_with_a_warning() -> None:
+    with pytest.warns(UserWarning, match="UNTRAINED"):
+        ltx = LTX(make_cnn(), finetune_steps=0)
+    assert isinstance(ltx, LTX)

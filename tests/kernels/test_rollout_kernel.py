@@ -1,0 +1,72 @@
+"""rollout_step / attention_rollout: reference vs a loop; Triton vs reference; tiny-ViT parity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captum_vit.kernels import attention_rollout, rollout_step
+from captum_vit.kernels.rollout import rollout_step_reference
+from tests.helpers import assert_close
+
+
+def _fused(b: int, n: int, seed: int) -> torch.Tensor:
+    return torch.rand(b, n, n, generator=torch.Generator().manual_seed(seed)).softmax(-1)
+
+
+def test_reference_matches_loop() -> None:
+    a = _fused(2, 5, seed=0)
+    out = rollout_step(a, impl="reference")
+    for i in range(2):
+        for r in range(5):
+            row = a[i, r].clone()
+            row[r] += 1.0
+            assert_close(out[i, r], row / row.sum(), "fp32")
+
+
+def test_reference_gradcheck_float64() -> None:
+    a = _fused(2, 4, seed=1).double().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: rollout_step_reference(t, 0.0), (a,))
+
+
+# (B, N): N not a power of two, below / above the 16-row tile, batch 1 and > 1.
+SHAPES = [(1, 5), (3, 17), (2, 50)]
+
+
+@pytest.mark.parametrize("discard_ratio", [0.0, 0.6])
+@pytest.mark.parametrize("index", range(len(SHAPES)))
+def test_triton_matches_reference(triton_device: torch.device, index: int, discard_ratio: float) -> None:
+    a = _fused(*SHAPES[index], seed=index).to(triton_device)
+    got = rollout_step(a, discard_ratio, impl="triton")
+    assert_close(got, rollout_step(a, discard_ratio, impl="reference"), "kernel", f"{SHAPES[index]}")
+
+
+def test_triton_matches_reference_fp16(triton_device: torch.device) -> None:
+    a = _fused(2, 19, seed=3).half().to(triton_device)
+    got = rollout_step(a, impl="triton")
+    assert got.dtype == torch.float16
+    # The reference computes in fp16 here; both round to fp16 at the end.
+    assert_close(got, rollout_step_reference(a.float(), 0.0).half(), "kernel_fp16")
+
+
+def test_tiny_vit_rollout_identical(triton_device: torch.device) -> None:
+    from captum_vit.models.hooks import record_attention
+    from tests.conftest import make_vit
+
+    model = make_vit("reg").to(triton_device)  # 5 prefix tokens: N = 21
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(triton_device)
+    with torch.no_grad(), record_attention(model, detach=True) as rec:
+        model(x)
+    attn = rec.stacked()
+    for fusion, discard in (("mean", 0.0), ("max", 0.9)):
+        ref = attention_rollout(attn, 0, fusion, discard, impl="reference")
+        assert_close(attention_rollout(attn, 0, fusion, discard, impl="triton"), ref, "kernel", fusion)
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="fused"):
+        rollout_step(torch.rand(2, 3, 4))
+    with pytest.raises(ValueError, match="discard_ratio"):
+        rollout_step(torch.rand(1, 3, 3), 1.0)
+    with pytest.raises(ValueError, match="impl"):
+        rollout_step(torch.rand(1, 3, 3), impl="gpu")
