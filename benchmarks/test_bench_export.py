@@ -71,5 +71,7 @@ def test_onnxruntime_vs_eager(benchmark, exported, batch: int) -> None:
     onnx_s = median_time(lambda: fast(x))
     speedup = eager / onnx_s
     benchmark.extra_info.update(eager_ms=eager * 1e3, onnxruntime_ms=onnx_s * 1e3, speedup=speedup)
-    print(f"\n{name} batch {batch}: eager {eager * 1e3:.2f} ms, onnxruntime {onnx_s * 1e3:.2f} ms, speed-up {speedup:.2f}x")
+    print(
+        f"\n{name} batch {batch}: eager {eager * 1e3:.2f} ms, onnxruntime {onnx_s * 1e3:.2f} ms, speed-up {speedup:.2f}x"
+    )
     benchmark.pedantic(fast, args=(x,), rounds=5, iterations=1)

@@ -131,8 +131,9 @@ def _evaluate_batch(
             sel = known.nonzero().flatten()
             for mode in ("deletion", "insertion"):
                 rc = rise_curves(model, images[sel], attr[sel], labels[sel], mode, **kw)
+                rise_auc = rc.auc()
                 for j, i in enumerate(sel.tolist()):
-                    recs[i]["values"][f"rise_{mode}"] = float(rc.auc()[j])
+                    recs[i]["values"][f"rise_{mode}"] = float(rise_auc[j])
                     recs[i]["curves"][f"rise_{mode}"] = rc.probability[j].tolist()
         if known.any() and "adp_pic" in groups:
             sel = known.nonzero().flatten()
@@ -184,7 +185,8 @@ def evaluate(
     explain : str
         ``"predicted"`` (Chefer's default) or ``"target"`` (the ground-truth label) class.
     baseline : str
-        Removal baseline of the perturbation and ADP/PIC metrics (default black, as Chefer).
+        Removal baseline of the perturbation and ADP/PIC metrics (default black, as Chefer);
+        the RISE metrics keep MUTEX's grey (zero in normalised space).
     method_options : dict, optional
         Constructor keyword arguments per method name.
     progress : bool
@@ -273,7 +275,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=DATASETS, default="synthetic", help="dataset (default synthetic)")
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder or file (real datasets)")
     p.add_argument("--labels-file", type=Path, default=None, help="label file of a flat ImageNet val folder")
-    p.add_argument("--n", type=int, default=64, help="synthetic images, or the first N of a real dataset")
+    p.add_argument(
+        "--n", type=int, default=None, help="synthetic images (default 64), or the first N of a real dataset"
+    )
     p.add_argument("--pairs", type=int, default=32, help="two-object synthetic images for class sensitivity")
     p.add_argument("--seed", type=int, default=12345, help="synthetic dataset seed (not a training seed)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -300,7 +304,7 @@ def build_dataset(args: argparse.Namespace, image_size: int) -> Dataset[Any]:
     from captum_vit.data.synthetic import SyntheticDataset
 
     if args.dataset == "synthetic":
-        return SyntheticDataset(args.n, seed=args.seed, image_size=image_size)
+        return SyntheticDataset(64 if args.n is None else args.n, seed=args.seed, image_size=image_size)
     if args.data_root is None:
         raise ValueError(f"--data-root is required for --dataset {args.dataset}")
     ds: Dataset[Any]
@@ -312,7 +316,7 @@ def build_dataset(args: argparse.Namespace, image_size: int) -> Dataset[Any]:
         ds = loaders_segmentation.VOCSegmentation(args.data_root, image_size=image_size)
     else:
         ds = loaders_coco.COCOInstances(args.data_root, image_size=image_size)
-    return Subset(ds, range(min(args.n, len(ds)))) if args.n > 0 else ds  # type: ignore[arg-type]
+    return ds if args.n is None else Subset(ds, range(min(args.n, len(ds))))  # type: ignore[arg-type]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """``captum-vit export``: a shipped (or saved) explainer to ONNX, optionally a TensorRT engine.
 
-    captum-vit export --model synthetic-vit --out out/synthetic-vit-pltx.onnx
-    captum-vit export --model synthetic-vit --precision fp16 --format tensorrt --out out/e16.onnx
+captum-vit export --model synthetic-vit --out out/synthetic-vit-pltx.onnx
+captum-vit export --model synthetic-vit --precision fp16 --format tensorrt --out out/e16.onnx
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="synthetic-vit", help="shipped explainee (default synthetic-vit)")
     p.add_argument("--explainer", default=None, help="shipped explainer name (default: <model>-pltx)")
     p.add_argument(
-        "--checkpoint", type=Path, default=None, help="explainer weights (.safetensors) instead of a shipped one"
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="explainer weights (a pretrain-ltx .pt checkpoint or .safetensors) instead of a shipped one",
     )
     p.add_argument("--out", type=Path, required=True, help="output .onnx path")
     p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
@@ -26,23 +29,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from captum_vit.attr.ltx import load_explainer
     from captum_vit.export.explainers import pltx_export_module
     from captum_vit.export.onnx_export import export_onnx
     from captum_vit.models import load_pretrained
-    from captum_vit.models.explainer import build_explainer
 
     explainee = load_pretrained(args.model)
-    if args.checkpoint is not None:
-        from safetensors.torch import load_file
-
-        explainer = build_explainer(explainee)
-        try:
-            state = load_file(str(args.checkpoint))
-            explainer.load_state_dict(state)
-        except Exception as e:
-            raise SystemExit(f"--checkpoint {args.checkpoint} does not hold weights of this explainer: {e}") from None
-    else:
-        explainer = load_pretrained(args.explainer or f"{args.model}-pltx")
+    spec = args.checkpoint if args.checkpoint is not None else (args.explainer or f"{args.model}-pltx")
+    try:
+        explainer = load_explainer(spec, explainee)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"captum-vit export: {e}") from None
     module, meta = pltx_export_module(explainer.eval(), explainee)
     report = export_onnx(module, args.out, meta, precision=args.precision, opset=args.opset)
     print(f"wrote {report.path} ({args.precision}, max |onnx - torch| = {report.max_abs_diff:.2e})")

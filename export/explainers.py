@@ -21,7 +21,9 @@ class MaskOutput(nn.Module):
         return self.explainer(x).sigmoid()
 
 
-def pltx_export_module(explainer: nn.Module, explainee: nn.Module, method: str = "ltx") -> tuple[nn.Module, ExplainerMetadata]:
+def pltx_export_module(
+    explainer: nn.Module, explainee: nn.Module, method: str = "ltx"
+) -> tuple[nn.Module, ExplainerMetadata]:
     """The module to export and its metadata for an LTX/EEA explainer of ``explainee``.
 
     Raises

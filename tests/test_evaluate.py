@@ -121,3 +121,17 @@ def test_oracle_reference_maps() -> None:
     assert s["oracle:gt"]["class_sensitivity"]["mean"] == pytest.approx(100.0)
     assert s["oracle:inverse"]["class_sensitivity"]["mean"] == 0.0  # all its mass on the other object
     assert 20.0 < s["oracle:random"]["class_sensitivity"]["mean"] < 80.0
+
+
+def test_cli_on_a_voc_folder_scores_segmentation_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from tests.metrics.test_loaders import _write_voc
+
+    _write_voc(tmp_path / "VOC2012")
+    monkeypatch.setattr(ev, "load_model", lambda name: _tiny_vit())
+    argv = ["evaluate", "--dataset", "voc", "--data-root", str(tmp_path / "VOC2012"), "--methods", "oracle:gt",
+            "--format", "json", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)["oracle:gt"]
+    # No ImageNet label: only the segmentation metrics; the GT oracle is perfect on labelled pixels.
+    assert set(out) == {"pixel_accuracy", "miou", "map", "mf1"}
+    assert out["pixel_accuracy"] == {"mean": 100.0, "count": 1}

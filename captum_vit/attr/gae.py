@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
+from captum_vit.kernels._dispatch import check_impl
+from captum_vit.kernels.rollout import attention_rollout
 
 
 @register_method("gae")
@@ -20,6 +21,9 @@ class GenericAttention(AttentionAttribution):
     ----------
     model : nn.Module
         A timm ViT with class-token or average pooling.
+    impl : str
+        Rollout kernel: ``"auto"`` (Triton on CUDA tensors), ``"reference"`` or ``"triton"``;
+        ``R <- R + Ā R`` is the product of the unnormalised ``(I + Ā)`` factors.
 
     References
     ----------
@@ -35,12 +39,14 @@ class GenericAttention(AttentionAttribution):
     torch.Size([2, 3, 32, 32])
     """
 
+    def __init__(self, model: nn.Module, impl: str = "auto", interpolate_mode: str | None = None) -> None:
+        super().__init__(model, interpolate_mode)
+        self.impl = check_impl(impl)
+
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
         attn, grad = self._attentions(x, target, forward_args, gradients=True)
         assert grad is not None
-        cams = (grad * attn).clamp(min=0).mean(dim=2)  # (L, B, N, N)
-        n = cams.shape[-1]
-        r = torch.eye(n, dtype=cams.dtype, device=cams.device).expand(cams.shape[1], n, n)
-        for cam in cams:
-            r = r + torch.bmm(cam, r)
+        # rule 5 per head, then rule 6: R = prod_l (I + mean_h (grad * A)^+), starting from I.
+        cams = (grad * attn).clamp(min=0)
+        r = attention_rollout(cams, head_fusion="mean", impl=self.impl, row_normalize=False)
         return self._read_rows(r, (x.shape[-2], x.shape[-1]))

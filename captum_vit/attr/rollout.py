@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
+from captum_vit.kernels._dispatch import check_impl
 from captum_vit.kernels.rollout import HEAD_FUSIONS, attention_rollout
 
 
@@ -29,6 +30,8 @@ class AttentionRollout(AttentionAttribution):
     discard_ratio : float
         Fraction of the smallest fused-attention entries zeroed per example before adding
         the identity (jacobgil/vit-explain; default 0, the paper).
+    impl : str
+        Rollout kernel: ``"auto"`` (Triton on CUDA tensors), ``"reference"`` or ``"triton"``.
 
     Not class-specific: ``target`` is validated but does not change the map.
 
@@ -53,6 +56,7 @@ class AttentionRollout(AttentionAttribution):
         start_layer: int = 0,
         head_fusion: str = "mean",
         discard_ratio: float = 0.0,
+        impl: str = "auto",
         interpolate_mode: str | None = None,
     ) -> None:
         super().__init__(model, interpolate_mode)
@@ -64,8 +68,9 @@ class AttentionRollout(AttentionAttribution):
         if not 0.0 <= discard_ratio < 1.0:
             raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
         self.start_layer, self.head_fusion, self.discard_ratio = start_layer, head_fusion, discard_ratio
+        self.impl = check_impl(impl)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
         attn, _ = self._attentions(x, target, forward_args, gradients=False)
-        joint = attention_rollout(attn, self.start_layer, self.head_fusion, self.discard_ratio)
+        joint = attention_rollout(attn, self.start_layer, self.head_fusion, self.discard_ratio, self.impl)
         return self._read_rows(joint, (x.shape[-2], x.shape[-1]))

@@ -18,6 +18,13 @@ from torch import Tensor
 IMPLS = ("auto", "reference", "triton")
 
 
+def check_impl(impl: str) -> str:
+    """Validate an ``impl=`` argument at construction time (methods store it)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
 def triton_available() -> bool:
     """True when ``import triton`` succeeds (cheap after the first call)."""
     try:

@@ -14,7 +14,7 @@ TILE = 16  # rows per program
 
 
 @triton.jit
-def rollout_step_kernel(a_ptr, out_ptr, N, TILE: tl.constexpr, CHUNK: tl.constexpr):
+def rollout_step_kernel(a_ptr, out_ptr, N, TILE: tl.constexpr, CHUNK: tl.constexpr, NORMALIZE: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * TILE + tl.arange(0, TILE)
     row_ok = rows < N
@@ -28,6 +28,8 @@ def rollout_step_kernel(a_ptr, out_ptr, N, TILE: tl.constexpr, CHUNK: tl.constex
         v += tl.where(rows[:, None] == cols[None, :], 1.0, 0.0)
         total += reduce_sum(v, axis=1)
     total = tl.where(row_ok, total, 1.0)  # rows past N: avoid 0/0 in lanes that are never stored
+    if not NORMALIZE:  # GAE's (I + A) factors (Chefer et al. ICCV 2021, rule 6) are not normalised
+        total = tl.full([TILE], 1.0, dtype=tl.float32)
     for c0 in range(0, N, CHUNK):
         cols = c0 + tl.arange(0, CHUNK)
         ok = row_ok[:, None] & (cols < N)[None, :]
@@ -37,10 +39,10 @@ def rollout_step_kernel(a_ptr, out_ptr, N, TILE: tl.constexpr, CHUNK: tl.constex
         tl.store(out_ptr + idx, (v / total[:, None]).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def launch(a: Tensor) -> Tensor:
-    """``(A + I)`` row-normalised for a contiguous ``(B, N, N)`` tensor."""
+def launch(a: Tensor, row_normalize: bool = True) -> Tensor:
+    """``(A + I)``, row-normalised unless ``row_normalize=False``, for a contiguous ``(B, N, N)`` tensor."""
     b, n, _ = a.shape
     out = torch.empty_like(a)
     chunk = min(triton.next_power_of_2(n), 256)
-    rollout_step_kernel[(b, triton.cdiv(n, TILE))](a, out, n, TILE=TILE, CHUNK=chunk)
+    rollout_step_kernel[(b, triton.cdiv(n, TILE))](a, out, n, TILE=TILE, CHUNK=chunk, NORMALIZE=row_normalize)
     return out

@@ -43,20 +43,22 @@ def _discard_smallest(fused: Tensor, discard_ratio: float) -> Tensor:
     return flat.scatter(1, drop, 0.0).reshape(b, n, n)
 
 
-def rollout_step_reference(fused: Tensor, discard_ratio: float = 0.0) -> Tensor:
+def rollout_step_reference(fused: Tensor, discard_ratio: float = 0.0, row_normalize: bool = True) -> Tensor:
     """Pure-torch :func:`rollout_step` (the spec)."""
     a = _discard_smallest(fused, discard_ratio) if discard_ratio > 0 else fused
     n = a.shape[-1]
     a = a + torch.eye(n, device=a.device, dtype=a.dtype)
-    return a / a.sum(dim=-1, keepdim=True)
+    return a / a.sum(dim=-1, keepdim=True) if row_normalize else a
 
 
-def rollout_step(fused: Tensor, discard_ratio: float = 0.0, impl: str = "auto") -> Tensor:
+def rollout_step(fused: Tensor, discard_ratio: float = 0.0, impl: str = "auto", row_normalize: bool = True) -> Tensor:
     """One rollout factor from a head-fused attention ``(B, N, N)``.
 
     ``discard_ratio`` zeroes that fraction of the smallest entries of each example's matrix
     (as jacobgil/vit-explain, but per example rather than for example 0 only, and never the
-    class-token self-entry [0, 0]); then ``A + I`` is row-normalised (Abnar & Zuidema 2020, §3).
+    class-token self-entry [0, 0]); then ``A + I`` is row-normalised (Abnar & Zuidema 2020, §3),
+    or left unnormalised with ``row_normalize=False`` (GAE's ``R <- R + A R = (I + A) R``,
+    Chefer et al. ICCV 2021, rule 6).
 
     ``impl``: ``"auto"`` (Triton for CUDA tensors when Triton imports), ``"reference"`` or
     ``"triton"``. The Triton kernel fuses the identity and the row normalisation; the discard
@@ -75,11 +77,11 @@ def rollout_step(fused: Tensor, discard_ratio: float = 0.0, impl: str = "auto") 
     if not isinstance(fused, Tensor) or fused.dim() != 3 or fused.shape[1] != fused.shape[2]:
         raise ValueError(f"fused must be a (B, N, N) tensor, got {getattr(fused, 'shape', type(fused))}")
     if not use_triton(impl, fused):
-        return rollout_step_reference(fused, discard_ratio)
+        return rollout_step_reference(fused, discard_ratio, row_normalize)
     kern = load_triton_module("_triton_rollout")
     a = (_discard_smallest(fused, discard_ratio) if discard_ratio > 0 else fused).contiguous()
     check_launchable(kern.rollout_step_kernel, a)
-    return kern.launch(a)
+    return kern.launch(a, row_normalize)
 
 
 def attention_rollout(
@@ -88,6 +90,7 @@ def attention_rollout(
     head_fusion: str = "mean",
     discard_ratio: float = 0.0,
     impl: str = "auto",
+    row_normalize: bool = True,
 ) -> Tensor:
     """Rollout of a ``(L, B, heads, N, N)`` attention stack: ``A'_{L-1} ... A'_{start}``.
 
@@ -101,7 +104,7 @@ def attention_rollout(
         raise ValueError(f"start_layer must be in [0, {n_layers}), got {start_layer}")
     joint: Tensor | None = None
     for layer in range(start_layer, n_layers):
-        factor = rollout_step(fuse_heads(attentions[layer], head_fusion), discard_ratio, impl)
+        factor = rollout_step(fuse_heads(attentions[layer], head_fusion), discard_ratio, impl, row_normalize)
         joint = factor if joint is None else torch.bmm(factor, joint)
     assert joint is not None
     return joint

@@ -64,6 +64,9 @@ class _Explainer(nn.Module):
 
     geometry: dict[str, Any]
     explainee_sha256: Tensor
+    #: λ the explainer was pretrained with (set by pretraining and by the shipped-explainer
+    #: loader); per-instance finetuning uses it by default. ``None``: untrained / unknown.
+    mask_weight: float | None = None
 
     def _set_fingerprint(self, explainee: nn.Module) -> None:
         self.register_buffer(
@@ -202,7 +205,7 @@ def build_explainer(explainee: nn.Module) -> ViTExplainer | CNNExplainer:
 
 
 def build_pretrained_explainer(
-    explainee: str, architecture: dict[str, Any] | None = None, **_: Any
+    explainee: str, architecture: dict[str, Any] | None = None, mask_weight: float | None = None, **_: Any
 ) -> ViTExplainer | CNNExplainer:
     """Manifest builder (``"captum_vit.models.explainer:build_pretrained_explainer"``): an
     explainer of the right architecture for the shipped model named ``explainee``, whose
@@ -211,8 +214,11 @@ def build_pretrained_explainer(
     ``architecture`` is the explainee's manifest entry without its weights (``timm_name``,
     ``kwargs``, ``pretrained_cfg``): with it the explainee is built untrained, so the entry
     works from any weights folder; without it the shipped explainee is loaded by name.
+    ``mask_weight`` is the λ it was pretrained with (the default λ of its finetuning).
     """
     from captum_vit.models.pretrained import build_architecture, load_pretrained
 
     model = build_architecture(architecture) if architecture is not None else load_pretrained(explainee)
-    return build_explainer(model.eval()).eval()
+    explainer = build_explainer(model.eval()).eval()
+    explainer.mask_weight = None if mask_weight is None else float(mask_weight)
+    return explainer

@@ -45,9 +45,7 @@ class AttentionRecord:
     def stacked_gradients(self) -> Tensor:
         """Gradients as one ``(L, B, heads, N, N)`` tensor (zeros where none flowed)."""
         atts = self.stacked()
-        return torch.stack(
-            [g if g is not None else torch.zeros_like(a) for a, g in zip(atts, self.gradients)]
-        )
+        return torch.stack([g if g is not None else torch.zeros_like(a) for a, g in zip(atts, self.gradients)])
 
 
 @contextmanager
@@ -228,9 +226,7 @@ def record_hidden_states(model: nn.Module | ViTAdapter) -> Iterator[HiddenStates
 
 
 @contextmanager
-def replace_patch_embeddings(
-    model: nn.Module | ViTAdapter, fn: Callable[[Tensor], Tensor]
-) -> Iterator[None]:
+def replace_patch_embeddings(model: nn.Module | ViTAdapter, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
     """Replace the patch-embedding output by ``fn(tokens)`` before the prefix tokens and
     position embeddings are added (DiffMask's placeholder, methods.md §6.1).
 

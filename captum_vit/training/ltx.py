@@ -45,7 +45,8 @@ Explainer = ViTExplainer | CNNExplainer
 
 
 def default_mask_weight(explainer: Explainer) -> float:
-    """The papers' λ: 50 for CNN explainees; for ViTs 30 at width 384 and 50 at width 768,
+    """λ for ``explainer``: the one it was pretrained with when known (``explainer.mask_weight``),
+    else the papers' λ: 50 for CNN explainees; for ViTs 30 at width 384 and 50 at width 768,
     interpolated as a power law of the width for other sizes (module docstring).
 
     Examples
@@ -55,6 +56,8 @@ def default_mask_weight(explainer: Explainer) -> float:
     >>> round(default_mask_weight(ViTExplainer(vit)), 6)
     30.0
     """
+    if explainer.mask_weight is not None:  # the λ it was pretrained with
+        return float(explainer.mask_weight)
     if isinstance(explainer, CNNExplainer):
         return 50.0
     d = int(explainer.backbone.embed_dim)  # type: ignore[arg-type]

@@ -146,6 +146,7 @@ def pretrain_ltx(
     result = trainer.fit(resume=resume)
     if result.best_checkpoint is not None:
         explainer.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
+    explainer.mask_weight = float(weight)  # LTX finetunes with the λ of pretraining by default
     return explainer.eval(), result
 
 
@@ -198,7 +199,7 @@ def export_explainer(
         "file": path.name,
         "sha256": sha256_file(path),
         "builder": "captum_vit.models.explainer:build_pretrained_explainer",
-        "kwargs": {"explainee": explainee_name, "architecture": architecture},
+        "kwargs": {"explainee": explainee_name, "architecture": architecture, "mask_weight": explainer.mask_weight},
         "explainee": explainee_name,
         "explainee_sha256": explainer.explainee_fingerprint,
         "storage_dtype": str(storage_dtype).removeprefix("torch."),

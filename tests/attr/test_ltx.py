@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from safetensors.torch import save_file
 
 from captum_vit.attr import EEA, LTX, PLTX
 from captum_vit.metrics import model_normalization
+from captum_vit.models import load_pretrained
 from captum_vit.models.explainer import build_explainer
 from captum_vit.training.ltx import LTXObjective, finetune_masks
 from tests.conftest import input_for, make_cnn, make_vit
@@ -96,3 +98,18 @@ def test_unknown_model_gets_an_untrained_explainer_with_a_warning() -> None:
     with pytest.warns(UserWarning, match="UNTRAINED"):
         ltx = LTX(make_cnn(), finetune_steps=0)
     assert isinstance(ltx, LTX)
+
+
+@pytest.mark.parametrize("name", ["synthetic-vit", "synthetic-resnet"])
+def test_shipped_model_uses_its_shipped_explainer_by_default(name: str) -> None:
+    model = load_pretrained(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "UNTRAINED" warning
+        ltx = LTX(model, finetune_steps=0)
+    shipped = load_pretrained(f"{name}-pltx")
+    for key, value in shipped.state_dict().items():
+        assert_close(ltx.explainer.state_dict()[key], value, "exact", msg=key)
+    x = torch.rand(2, 3, 64, 64)
+    assert_close(ltx.attribute(x), PLTX(model, explainer=shipped).attribute(x), "exact")
+    # a trained explainer: its mask is not constant over an image
+    assert float(ltx.attribute(x, return_patch_map=True).flatten(1).std(1).min()) > 1e-3

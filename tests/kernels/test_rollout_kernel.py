@@ -70,3 +70,24 @@ def test_bad_inputs_raise() -> None:
         rollout_step(torch.rand(1, 3, 3), 1.0)
     with pytest.raises(ValueError, match="impl"):
         rollout_step(torch.rand(1, 3, 3), impl="gpu")
+
+
+def test_unnormalised_factor_reference_and_triton(triton_device: torch.device) -> None:
+    a = _fused(2, 17, seed=4).to(triton_device)
+    ref = rollout_step(a, impl="reference", row_normalize=False)
+    assert_close(ref, a + torch.eye(17, device=a.device), "fp32")
+    assert_close(rollout_step(a, impl="triton", row_normalize=False), ref, "kernel")
+
+
+@pytest.mark.parametrize("kind", ["cls", "reg"])
+def test_tiny_vit_method_maps_identical(triton_device: torch.device, kind: str) -> None:
+    """Rollout and GAE maps with impl='reference' and impl='triton' (issue 8's done-when)."""
+    from captum_vit.attr import AttentionRollout, GenericAttention
+    from tests.conftest import input_for, make_vit
+
+    model = make_vit(kind).to(triton_device)
+    x = input_for(model, batch=2).to(triton_device)
+    for cls, opts in ((AttentionRollout, {"discard_ratio": 0.5}), (GenericAttention, {})):
+        ref = cls(model, impl="reference", **opts).attribute(x, target=[1, 3], return_patch_map=True)
+        got = cls(model, impl="triton", **opts).attribute(x, target=[1, 3], return_patch_map=True)
+        assert_close(got, ref, "kernel", cls.__name__)
