@@ -31,10 +31,19 @@ MODELS = ("synthetic-vit", "synthetic-resnet")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def leaderboard(n: int, pairs: int, seed: int, batch_size: int) -> dict[str, Any]:
-    """``{model: {"methods": {method: summary}, "skipped": {...}, "seconds": {...}}}``."""
+def leaderboard(
+    n: int,
+    pairs: int,
+    seed: int,
+    batch_size: int,
+    models: tuple[str, ...] = MODELS,
+    methods: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """``{model: {"methods": {method: summary}, "skipped": {...}, "seconds": {...}}}``.
+
+    ``methods`` restricts the rows (default: every registered method and the oracles)."""
     out: dict[str, Any] = {}
-    for model_name in MODELS:
+    for model_name in models:
         model = load_pretrained(model_name)
         kind = model_kind(model)
         size = int(model.pretrained_cfg["input_size"][-1])
@@ -44,6 +53,8 @@ def leaderboard(n: int, pairs: int, seed: int, batch_size: int) -> dict[str, Any
         supported = set(list_methods(kind))
         entry["skipped"].update({m: f"does not support {kind} models" for m in list_methods() if m not in supported})
         for name in [*sorted(supported), *ORACLES]:
+            if methods is not None and name not in methods:
+                continue
             t0 = time.perf_counter()
             try:
                 result = evaluate(model, [name], data, two, batch_size=batch_size, progress=False)
@@ -85,13 +96,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=12345, help="dataset seed (default 12345, unused by training)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", type=Path, default=RESULTS, help="output folder (default benchmarks/results)")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated shipped models")
+    p.add_argument("--methods", default=None, help="comma-separated rows to (re)compute (default: all)")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="merge the computed rows into an existing leaderboard.json in --out (same --n/--pairs/--seed)",
+    )
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    board = leaderboard(args.n, args.pairs, args.seed, args.batch_size)
+    methods = tuple(args.methods.split(",")) if args.methods else None
+    board = leaderboard(args.n, args.pairs, args.seed, args.batch_size, tuple(args.models.split(",")), methods)
     command = "python benchmarks/leaderboard.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out" and v != p.get_default(k)
+        f" --{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if k not in ("out", "models", "methods", "update") and v != p.get_default(k)
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.update and (args.out / "leaderboard.json").is_file():
+        previous = json.loads((args.out / "leaderboard.json").read_text())
+        if previous["meta"]["command"] != command:
+            raise SystemExit(
+                f"--update: the existing table was made by {previous['meta']['command']!r}, not {command!r}"
+            )
+        for model_name, entry in board.items():
+            old = previous["models"].setdefault(model_name, {"methods": {}, "skipped": {}, "seconds": {}})
+            for key in ("methods", "skipped", "seconds"):
+                for name in list(entry["methods"]) + list(entry["skipped"]):
+                    old[key].pop(name, None)
+                old[key].update(entry[key])
+            old["methods"] = dict(sorted(old["methods"].items(), key=lambda kv: (kv[0].startswith("oracle"), kv[0])))
+        board = previous["models"]
     (args.out / "leaderboard.md").write_text(to_markdown(board, command))
     meta = {"command": command, "torch": torch.__version__, "machine": platform.machine(), "args": {
         k: str(v) for k, v in vars(args).items()}}  # fmt: skip

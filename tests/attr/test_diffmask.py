@@ -88,3 +88,24 @@ def test_errors() -> None:
         from tests.conftest import make_cnn
 
         VisionDiffMask(make_cnn(), gates=gates)
+
+
+def test_shipped_gates_are_the_default_on_the_shipped_vit_and_keep_the_prediction() -> None:
+    """The shipped gates are found by the shipped ViT's weight fingerprint (this fails, as it
+    should, when the ViT is retrained without retraining its gates), and masking the held-out
+    images with their expected keep probability moves the output distribution by about ε."""
+    from captum_vit.data.synthetic import generate
+    from captum_vit.models.pretrained import load_pretrained
+    from captum_vit.training.diffmask import kl_divergence
+    from captum_vit.training.diffmask_train import HELD_OUT_SEED, normaliser
+
+    model = load_pretrained("synthetic-vit")
+    mean, std = normaliser(model)
+    x = (generate(32, seed=HELD_OUT_SEED).images - mean) / std
+    keep = VisionDiffMask(model).attribute(x, return_patch_map=True)
+    assert_close(keep, VisionDiffMask(model, gates="synthetic-vit-diffmask").attribute(x, return_patch_map=True))
+    gates = load_pretrained("synthetic-vit-diffmask")
+    with torch.no_grad():
+        kl = kl_divergence(model(x), gates.masked_output(model, x, keep.flatten(1))).mean()
+    assert float(kl) < 2 * 0.1, f"held-out KL {float(kl):.3f} with the expected-keep mask"
+    assert float(keep.mean()) < 0.98, "trained gates should drop some patches"

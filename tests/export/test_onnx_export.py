@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,28 @@ def test_fast_attribution_equals_pltx(tmp_path: Path) -> None:
     want = LTX(vit, explainer=explainer, finetune_steps=0).attribute(x, target=[0, 1, 2])
     got = FastAttribution(path).attribute(x, target=[0, 1, 2])
     assert (got - want).abs().max() <= 1e-4
+
+
+def test_shipped_pltx_parity_on_held_out_images(tmp_path: Path) -> None:
+    """Issue 9's bar: fp32 max |onnx - torch| <= 1e-4 on held-out benchmark images, and the
+    captum call on the ONNX model equals PLTX on the shipped ViT."""
+    from captum_vit.attr import PLTX
+    from captum_vit.data.synthetic import generate
+    from captum_vit.metrics import model_normalization
+    from captum_vit.models import load_pretrained
+
+    vit = load_pretrained("synthetic-vit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an untrained-explainer warning would fail here
+        pltx = PLTX(vit)  # the shipped explainer, found by the model's fingerprint
+    module, meta = pltx_export_module(pltx.explainer, vit, method="pltx")
+    data = generate(64, seed=777001)
+    mean, std = model_normalization(vit)
+    x = (data.images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    path = export_onnx(module, tmp_path / "shipped.onnx", meta, check_inputs=x[:8]).path
+    with torch.no_grad():
+        want = module(x)
+    got = FastExplainer(path)(x)
+    assert (got - want).abs().max() <= 1e-4
+    fast = FastAttribution(path).attribute(x[:16], target=data.labels[:16])
+    assert (fast - pltx.attribute(x[:16], target=data.labels[:16])).abs().max() <= 1e-4
