@@ -46,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "tensorrt":
         from captum_vit.export.tensorrt import BatchProfile, build_engine
 
-        engine = build_engine(report.path, BatchProfile(args.min_batch, args.opt_batch, args.max_batch), args.precision)
+        try:
+            engine = build_engine(
+                report.path, BatchProfile(args.min_batch, args.opt_batch, args.max_batch), args.precision
+            )
+        except (ImportError, RuntimeError, ValueError) as e:
+            raise SystemExit(f"captum-vit export: the ONNX file was written, but no TensorRT engine: {e}") from None
         print(f"wrote {engine}")
     return 0

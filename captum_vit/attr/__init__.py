@@ -5,6 +5,7 @@ from captum_vit.attr._registry import get_method, list_methods, method_info, reg
 from captum_vit.attr.attention_gradcam import AttentionGradCAM
 from captum_vit.attr.diffmask import VisionDiffMask
 from captum_vit.attr.gae import GenericAttention
+from captum_vit.attr.gradcam import GradCAM
 from captum_vit.attr.iia import IIA
 from captum_vit.attr.ltx import EEA, LTX, PLTX
 from captum_vit.attr.mutex import MUTEX
@@ -17,6 +18,7 @@ __all__ = [
     "AttentionGradCAM",
     "AttentionRollout",
     "GenericAttention",
+    "GradCAM",
     "EEA",
     "IIA",
     "LTX",

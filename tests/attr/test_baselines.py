@@ -218,3 +218,20 @@ def test_full_size_timm_models_offline() -> None:
         x = torch.randn(1, 3, *m.patch_embed.img_size)
         out = AttentionRollout(m).attribute(x, target=3)
         assert out.shape == x.shape
+
+
+def test_cnn_gradcam_against_manual_split() -> None:
+    """Grad-CAM on timm's resnet10t vs a hook-free split at layer4 (features -> head)."""
+    from captum_vit.attr import GradCAM
+    from tests.conftest import make_cnn
+
+    model = make_cnn()
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    targets = [4, 0, 2]
+    got = GradCAM(model).attribute(x, target=targets, return_patch_map=True)
+    for i, t in enumerate(targets):
+        feats = model.forward_features(x[i : i + 1]).detach().requires_grad_(True)
+        logit = model.forward_head(feats)[0, t]
+        (g,) = torch.autograd.grad(logit, feats)
+        ref = (g.mean(dim=(2, 3), keepdim=True) * feats.detach()).sum(1).clamp(min=0)[0]
+        assert_close(got[i], ref, "fp32_loose", f"example {i}")

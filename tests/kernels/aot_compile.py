@@ -45,13 +45,14 @@ def main() -> int:
         types = {"fused_ptr": f32, "pmax_ptr": f32, "in_ptr": dt, "out_ptr": dt, "min_cut": "fp32"}
         consts = {"TILE": _triton_graph.TILE, "CHUNK": _triton_graph.CHUNK, "NUM_BLOCKS_P2": 8}
         cases.append((f"degree_kernel {dt}", source(_triton_graph.degree_kernel, types, consts)))
-        consts = {"TILE": _triton_rollout.TILE, "CHUNK": 256}
-        cases.append(
-            (
-                f"rollout_step_kernel {dt}",
-                source(_triton_rollout.rollout_step_kernel, {"a_ptr": dt, "out_ptr": dt}, consts),
+        for normalize in (True, False):
+            consts = {"TILE": _triton_rollout.TILE, "CHUNK": 256, "NORMALIZE": normalize}
+            cases.append(
+                (
+                    f"rollout_step_kernel {dt} normalize={normalize}",
+                    source(_triton_rollout.rollout_step_kernel, {"a_ptr": dt, "out_ptr": dt}, consts),
+                )
             )
-        )
     target = GPUTarget("cuda", 90, 32)
     failed = 0
     for name, src in cases:

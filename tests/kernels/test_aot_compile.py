@@ -26,4 +26,4 @@ def test_kernels_compile_for_sm90() -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("compiled ") == 20
+    assert proc.stdout.count("compiled ") == 22  # every kernel variant, incl. both rollout normalisations
