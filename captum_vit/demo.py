@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     p.add_argument("--model", default="synthetic-vit", help="shipped model name (default synthetic-vit)")
     p.add_argument("--n-images", type=int, default=4, help="images in the figure (default 4)")
-    p.add_argument("--n-eval", type=int, default=32, help="images for the metrics (default 32)")
+    p.add_argument("--n-eval", type=int, default=16, help="images for the metrics (default 16)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the generated images")
     p.add_argument("--methods", nargs="*", default=None, help="subset of registered methods (default all)")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats; the median is reported")
@@ -62,7 +62,7 @@ def write_figure(path: Path, images: Tensor, masks: Tensor, maps: dict[str, Tens
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
     for i in range(rows):
         axes[i][0].imshow(images[i].permute(1, 2, 0).numpy())
-        axes[i][0].set_title(labels[i], fontsize=7)
+        axes[i][0].set_title(labels[i], fontsize=6)
         axes[i][1].imshow(masks[i].numpy(), cmap="gray")
         axes[i][1].set_title("ground truth", fontsize=7)
         for j, name in enumerate(names):
@@ -70,7 +70,7 @@ def write_figure(path: Path, images: Tensor, masks: Tensor, maps: dict[str, Tens
             m = (m - m.min()) / (m.max() - m.min() + 1e-12)
             axes[i][j + 2].imshow(images[i].permute(1, 2, 0).numpy())
             axes[i][j + 2].imshow(m.numpy(), cmap="jet", alpha=0.55)
-            axes[i][j + 2].set_title(name, fontsize=7)
+            axes[i][j + 2].set_title(name.replace("_", " "), fontsize=6)
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
 
     captions = [
-        f"{CLASS_NAMES[int(t)]} (pred {CLASS_NAMES[int(p)]})"
+        f"{CLASS_NAMES[int(t)]}\n(pred {CLASS_NAMES[int(p)]})"
         for t, p in zip(labels[: args.n_images], pred[: args.n_images])
     ]
     write_figure(args.out / "figure.png", pixels[: args.n_images], masks[: args.n_images], maps, captions)
