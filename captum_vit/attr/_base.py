@@ -36,6 +36,24 @@ def make_adapter(model: nn.Module, kinds: tuple[str, ...]) -> Adapter:
     raise TypeError(f"unsupported model {type(model).__name__}: expected {supported}")
 
 
+def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
+    """A submodule of ``model`` given as a module or its dotted name.
+
+    Raises
+    ------
+    ValueError
+        If it is not a submodule of ``model``.
+    """
+    if isinstance(layer, str):
+        try:
+            layer = model.get_submodule(layer)
+        except AttributeError:
+            raise ValueError(f"layer {layer!r} is not a submodule of the model") from None
+    if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
+        raise ValueError("layer must be a submodule of the model (or its dotted name)")
+    return layer
+
+
 class MapAttribution(GradientAttribution):
     """Base class: a captum ``GradientAttribution`` producing one spatial map per image.
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from captum_vit.attr._base import MapAttribution
+from captum_vit.attr._base import MapAttribution, resolve_layer
 from captum_vit.attr._registry import register_method
 from captum_vit.models.cnn import CNNAdapter
 from captum_vit.models.hooks import record_activations
@@ -47,14 +47,7 @@ class GradCAM(MapAttribution):
         assert isinstance(self.adapter, CNNAdapter)
         if layer is None:
             layer = self.adapter.feature_layer
-        elif isinstance(layer, str):
-            try:
-                layer = model.get_submodule(layer)
-            except AttributeError:
-                raise ValueError(f"layer {layer!r} is not a submodule of the model") from None
-        if not any(m is layer for m in model.modules()):
-            raise ValueError("layer must be a submodule of the model (or its dotted name)")
-        self.layer = layer
+        self.layer = resolve_layer(model, layer)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
         with record_activations([self.layer]) as store:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_vit.attr._base import resolve_layer
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
 from captum_vit.models.hooks import record_activations
@@ -41,16 +42,8 @@ class ViTGradCAM(AttentionAttribution):
         self, model: nn.Module, layer: nn.Module | str | None = None, interpolate_mode: str | None = None
     ) -> None:
         super().__init__(model, interpolate_mode)
-        if layer is None:
-            layer = self.vit.blocks[-1].norm1  # type: ignore[assignment]
-        elif isinstance(layer, str):
-            try:
-                layer = model.get_submodule(layer)
-            except AttributeError:
-                raise ValueError(f"layer {layer!r} is not a submodule of the model") from None
-        if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
-            raise ValueError("layer must be a submodule of the model (or its dotted name)")
-        self.layer = layer
+        default: Any = self.vit.blocks[-1].norm1
+        self.layer = resolve_layer(model, default if layer is None else layer)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
         with record_activations([self.layer]) as store:

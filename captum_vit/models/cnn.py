@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from captum_vit.models.vit import check_image_batch
+
 SUPPORTED_CNNS = "timm ResNet-family CNNs (resnet*, resnet*d/t, seresnet*, resnext*)"
 
 
@@ -45,16 +47,7 @@ class CNNAdapter:
         return self.stages[-1]
 
     def check_input(self, x: object, name: str = "inputs") -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-        if x.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (batch, channels, height, width), got shape {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} must hold at least one image, got batch size 0")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"{name} must have {self.in_chans} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        x = check_image_batch(x, self.in_chans, name)
         if x.shape[2] < 32 or x.shape[3] < 32:
             raise ValueError(f"{name} spatial size {tuple(x.shape[2:])} is below the CNN's minimum of 32x32")
         if not torch.isfinite(x).all():

@@ -22,6 +22,22 @@ SUPPORTED_VITS = (
 )
 
 
+def check_image_batch(x: object, in_chans: int, name: str = "inputs") -> Tensor:
+    """The checks every explainee shares: a non-empty, floating-point ``(B, in_chans, H, W)``
+    tensor (finiteness is checked by the callers, after their cheaper shape checks)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (batch, channels, height, width), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one image, got batch size 0")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"{name} must have {in_chans} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    return x
+
+
 @dataclass(frozen=True)
 class Readout:
     """Which token rows feed the classifier head, and with which weights.
@@ -173,16 +189,7 @@ class ViTAdapter:
         ValueError
             Wrong rank, channel count, spatial size, or non-finite values.
         """
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-        if x.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (batch, channels, height, width), got shape {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} must hold at least one image, got batch size 0")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"{name} must have {self.in_chans} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        x = check_image_batch(x, self.in_chans, name)
         h, w = int(x.shape[2]), int(x.shape[3])
         if self.dynamic_img_size:
             ph, pw = self.patch_size
