@@ -11,30 +11,18 @@ with random weights (timing only).
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 
+from benchmarks._timing import median_time
 from captum_vit.export import FastExplainer, export_onnx
 from captum_vit.export.explainers import pltx_export_module
 from captum_vit.models.explainer import build_explainer
 
 THREADS = 2
-
-
-def median_time(fn, repeats: int = 10) -> float:
-    for _ in range(2):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def explainee(name: str) -> torch.nn.Module:
@@ -67,8 +55,8 @@ def test_onnxruntime_vs_eager(benchmark, exported, batch: int) -> None:
     fast.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     x = torch.randn(batch, *meta.input_size)
     with torch.inference_mode():
-        eager = median_time(lambda: module(x))
-    onnx_s = median_time(lambda: fast(x))
+        eager = median_time(lambda: module(x), repeats=10, warmup=2)
+    onnx_s = median_time(lambda: fast(x), repeats=10, warmup=2)
     speedup = eager / onnx_s
     benchmark.extra_info.update(eager_ms=eager * 1e3, onnxruntime_ms=onnx_s * 1e3, speedup=speedup)
     print(

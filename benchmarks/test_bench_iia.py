@@ -19,51 +19,24 @@ weights: latency does not depend on them), on CUDA when available.
 
 from __future__ import annotations
 
-import os
 import statistics
-import time
 from collections.abc import Callable
 
 import pytest
-import timm
 import torch
 from captum.attr import IntegratedGradients
-from torch import nn
 
+from benchmarks._timing import DEVICE, FULL, ROUNDS, bench_vit, timed
 from captum_vit.attr import IIA
 from tests.helpers import assert_close
 
-FULL = os.environ.get("CAPTUM_VIT_BENCH_FULL", "") == "1"
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-ROUNDS = int(os.environ.get("CAPTUM_VIT_BENCH_ROUNDS", "3"))
 BATCH = 2
 N_STEPS = 5  # released ITERATION_STEPS: 6 x 6 = 36 path points per image
 
 
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    if FULL:
-        m = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=1000)
-    else:
-        m = timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64, patch_size=8, depth=6
-        )
-    return m.eval().to(DEVICE)
-
-
-def _timed(fn: Callable[[], torch.Tensor]) -> float:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 @pytest.mark.slow
 def test_iia_batched_vs_loop_vs_integrated_gradients(benchmark: pytest.FixtureRequest) -> None:
-    model = _model()
+    model = bench_vit(depth=6, num_classes=10, device=DEVICE)
     size = 224 if FULL else 64
     x = torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     targets = [3, 7]
@@ -81,7 +54,7 @@ def test_iia_batched_vs_loop_vs_integrated_gradients(benchmark: pytest.FixtureRe
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(ROUNDS):
         for name, fn in runs.items():
-            times[name].append(_timed(fn))
+            times[name].append(timed(fn, DEVICE))
     med = {k: statistics.median(v) for k, v in times.items()}
     info = {
         "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"cpu x{torch.get_num_threads()}",

@@ -21,49 +21,23 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 
 import pytest
-import timm
 import torch
-from torch import nn
 
+from benchmarks._timing import DEVICE, FULL, ROUNDS, bench_vit, timed
 from captum_vit.attr import LTX, PLTX
 from captum_vit.models.explainer import build_explainer
 
-FULL = os.environ.get("CAPTUM_VIT_BENCH_FULL", "") == "1"
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-ROUNDS = int(os.environ.get("CAPTUM_VIT_BENCH_ROUNDS", "3"))
 BATCH = int(os.environ.get("CAPTUM_VIT_BENCH_BATCH", "4"))
 STEPS = 3
 
 
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    if FULL:
-        m = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=1000)
-    else:
-        m = timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=64, patch_size=8, depth=6
-        )
-    return m.eval().to(DEVICE)
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 @pytest.mark.slow
 def test_ltx_latency(benchmark: pytest.FixtureRequest) -> None:
-    model = _model()
+    model = bench_vit(depth=6, num_classes=5, device=DEVICE)
     size = 224 if FULL else 64
     x = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     explainer = build_explainer(model).to(DEVICE).eval()
@@ -88,7 +62,7 @@ def test_ltx_latency(benchmark: pytest.FixtureRequest) -> None:
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(ROUNDS):
             for name, fn in runs.items():
-                times[name].append(_timed(fn))
+                times[name].append(timed(fn, DEVICE))
     med = {k: statistics.median(v) for k, v in times.items()}
     per_image_pltx = med["pltx"] / BATCH
     info = {

@@ -13,38 +13,20 @@ of an untrained explainer); DiffMask, which needs gates, gets untrained ones.
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 
 import pytest
-import timm
 import torch
 
+from benchmarks._timing import bench_vit, median_time
 from captum_vit.attr import get_method, list_methods
 from tests.contract_options import options_for
-
-
-def bench_model() -> torch.nn.Module:
-    """A ViT-Tiny-shaped model (12 blocks, 192 wide, 3 heads) at 64x64 with 8x8 patches."""
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64, patch_size=8).eval()
-
-
-def median_time(fn, repeats: int = 5) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 @pytest.mark.parametrize("name", list_methods("vit"))
 def test_method_latency(benchmark, name: str) -> None:
     torch.set_num_threads(1)
-    model = bench_model()
+    model = bench_vit(device=torch.device("cpu"))
     x = torch.randn(4, 3, 64, 64)
     target = [0, 1, 2, 3]
     with warnings.catch_warnings():

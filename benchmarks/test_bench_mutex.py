@@ -20,41 +20,17 @@ is shared: only the ratios are meaningful). ``CAPTUM_VIT_BENCH_FULL=1`` uses ViT
 
 from __future__ import annotations
 
-import os
 import statistics
-import time
 from collections.abc import Callable
 
-import timm
 import torch
-from torch import nn
 
+from benchmarks._timing import FULL, ROUNDS, bench_vit, timed
 from captum_vit.attr import MUTEX
 from tests.helpers import assert_close
 
-FULL = os.environ.get("CAPTUM_VIT_BENCH_FULL", "") == "1"
 DEVICE = torch.device("cuda" if FULL and torch.cuda.is_available() else "cpu")
-ROUNDS = int(os.environ.get("CAPTUM_VIT_BENCH_ROUNDS", "3"))
 BATCH = 2
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    if FULL:
-        m = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=1000)
-    else:
-        m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64, patch_size=8)
-    return m.eval().to(DEVICE)
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def test_mutex_latency_and_batched_speedup(benchmark) -> None:
@@ -62,7 +38,7 @@ def test_mutex_latency_and_batched_speedup(benchmark) -> None:
     if DEVICE.type == "cpu":
         torch.set_num_threads(1)
     try:
-        model = _model()
+        model = bench_vit(depth=12, num_classes=10, device=DEVICE)
         size = 224 if FULL else 64
         x = torch.randn(BATCH, 3, size, size, device=DEVICE)
         target = list(range(BATCH))
@@ -86,7 +62,7 @@ def test_mutex_latency_and_batched_speedup(benchmark) -> None:
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(ROUNDS):
             for name, fn in runs.items():
-                times[name].append(_timed(fn))
+                times[name].append(timed(fn, DEVICE))
         med = {k: statistics.median(v) for k, v in times.items()}
         info = {
             "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"cpu x{torch.get_num_threads()}",
