@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from captum._utils.common import _format_output, _format_tensor_into_tuples, _is_tuple
+from captum._utils.common import _format_output
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor
 
+from captum_vit.attr._base import unpack_single_input
 from captum_vit.attr._targets import format_targets
 from captum_vit.export.onnx_export import ExplainerMetadata, check_batch, read_metadata
 from captum_vit.models.vit import upsample_patch_map
@@ -116,11 +117,7 @@ class FastAttribution(Attribution):
         additional_forward_args: Any = None,
         return_patch_map: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric:
-        is_tuple = _is_tuple(inputs)
-        formatted = _format_tensor_into_tuples(inputs)
-        if len(formatted) != 1:
-            raise ValueError(f"inputs must be one image tensor (or a 1-tuple), got a tuple of {len(formatted)}")
-        x = formatted[0]
+        is_tuple, x = unpack_single_input(inputs)
         check_batch(x, self.explainer.metadata)
         format_targets(target, x.shape[0], self.explainer.metadata.num_classes)
         pmap = self.explainer(x).to(x.dtype)

@@ -11,7 +11,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from captum._utils.common import _format_output, _format_tensor_into_tuples, _is_tuple
+from captum._utils.common import (
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+)
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import GradientAttribution
 from captum.log import log_usage
@@ -34,6 +39,21 @@ def make_adapter(model: nn.Module, kinds: tuple[str, ...]) -> Adapter:
             errors.append(str(e))
     supported = " or ".join(SUPPORTED_VITS if k == "vit" else SUPPORTED_CNNS for k in kinds)
     raise TypeError(f"unsupported model {type(model).__name__}: expected {supported}")
+
+
+def unpack_single_input(inputs: object) -> tuple[bool, Tensor]:
+    """captum's tuple-in/tuple-out for one image tensor: ``(was_tuple, tensor)``.
+
+    Raises
+    ------
+    ValueError
+        If ``inputs`` is a tuple of more than one tensor.
+    """
+    is_tuple = _is_tuple(inputs)  # type: ignore[arg-type]
+    formatted = _format_tensor_into_tuples(inputs)  # type: ignore[arg-type]
+    if len(formatted) != 1:
+        raise ValueError(f"inputs must be one image tensor (or a 1-tuple), got a tuple of {len(formatted)}")
+    return is_tuple, formatted[0]
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
@@ -140,18 +160,10 @@ class MapAttribution(GradientAttribution):
         TypeError, ValueError
             For unsupported inputs or targets (the model is left untouched).
         """
-        is_tuple = _is_tuple(inputs)
-        formatted = _format_tensor_into_tuples(inputs)
-        if len(formatted) != 1:
-            raise ValueError(f"inputs must be one image tensor (or a 1-tuple), got a tuple of {len(formatted)}")
-        x = self.adapter.check_input(formatted[0], "inputs")
+        is_tuple, images = unpack_single_input(inputs)
+        x = self.adapter.check_input(images, "inputs")
         idx = format_targets(target, x.shape[0], self.adapter.num_classes)
-        if additional_forward_args is None:
-            fargs: tuple[Any, ...] = ()
-        elif isinstance(additional_forward_args, tuple):
-            fargs = additional_forward_args
-        else:
-            fargs = (additional_forward_args,)
+        fargs: tuple[Any, ...] = _format_additional_forward_args(additional_forward_args) or ()
         with torch.enable_grad():
             pmap = self._patch_map(x.detach(), idx, fargs)
         pmap = pmap.detach().to(x.dtype)
