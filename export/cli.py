@@ -2,6 +2,7 @@
 
 captum-vit export --model synthetic-vit --out out/synthetic-vit-pltx.onnx
 captum-vit export --model synthetic-vit --precision fp16 --format tensorrt --out out/e16.onnx
+captum-vit export --model synthetic-vit --precision int8 --out out/e8.onnx   # onnxruntime CPU
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="output .onnx path")
     p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="int8: onnxruntime's dynamic quantization of MatMul/Gemm layers, for CPU (not TensorRT)",
+    )
     p.add_argument("--opset", type=int, default=20)
     p.add_argument("--min-batch", type=int, default=1)
     p.add_argument("--opt-batch", type=int, default=8)
@@ -34,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from captum_vit.export.onnx_export import export_onnx
     from captum_vit.models import load_pretrained
 
+    if args.precision == "int8" and args.format == "tensorrt":
+        raise SystemExit("captum-vit export: int8 exports are for onnxruntime; TensorRT needs --precision fp32/fp16")
     explainee = load_pretrained(args.model)
     spec = args.checkpoint if args.checkpoint is not None else (args.explainer or f"{args.model}-pltx")
     try:
@@ -41,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"captum-vit export: {e}") from None
     module, meta = pltx_export_module(explainer.eval(), explainee)
-    report = export_onnx(module, args.out, meta, precision=args.precision, opset=args.opset)
+    try:
+        report = export_onnx(module, args.out, meta, precision=args.precision, opset=args.opset)
+    except ValueError as e:
+        raise SystemExit(f"captum-vit export: {e}") from None
     print(f"wrote {report.path} ({args.precision}, max |onnx - torch| = {report.max_abs_diff:.2e})")
     if args.format == "tensorrt":
         from captum_vit.export.tensorrt import BatchProfile, build_engine

@@ -110,16 +110,21 @@ def build_engine(
     """Build (or fetch from the cache) a serialized engine for an exported explainer.
 
     Returns the engine's path. Raises ``ImportError`` without TensorRT, ``RuntimeError``
-    without CUDA or when the parser/builder fails, ``ValueError`` for an fp16 request that
-    TensorRT 11 cannot honour from an fp32 ONNX.
+    without CUDA or when the parser/builder fails, ``ValueError`` for an int8 export or an
+    fp16 request that TensorRT 11 cannot honour from an fp32 ONNX.
     """
     meta = read_metadata(onnx_path)
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    if meta.precision == "int8":
+        raise ValueError(
+            f"{onnx_path} is an int8 export (onnxruntime's dynamic-quantization operators, for CPU), "
+            "which TensorRT does not build: export fp32 or fp16 for TensorRT"
+        )
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"cannot build a TensorRT engine: {reason}")
     trt = import_tensorrt()
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
     use_fp16_flag = precision == "fp16" and meta.precision == "fp32"
     if use_fp16_flag and _major(trt) >= 11:
         raise ValueError(

@@ -20,7 +20,8 @@ from captum_vit.export import (
 from captum_vit.export.explainers import pltx_export_module
 from captum_vit.models.explainer import build_explainer
 from captum_vit.models.vit import upsample_patch_map
-from tests.conftest import input_for, make_vit
+from captum_vit.export.onnx_export import PARITY_ATOL
+from tests.conftest import input_for, make_cnn, make_vit
 from tests.helpers import TOL, assert_close
 
 
@@ -33,7 +34,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     out = tmp_path_factory.mktemp("onnx")
     r32 = export_onnx(module, out / "e32.onnx", meta, precision="fp32")
     r16 = export_onnx(module, out / "e16.onnx", meta, precision="fp16")
-    return {"vit": vit, "module": module, "meta": meta, "r32": r32, "r16": r16}
+    r8 = export_onnx(module, out / "e8.onnx", meta, precision="int8")
+    return {"vit": vit, "module": module, "meta": meta, "r32": r32, "r16": r16, "r8": r8}
 
 
 def test_fp32_and_fp16_parity(exported: dict) -> None:
@@ -47,6 +49,39 @@ def test_fp32_and_fp16_parity(exported: dict) -> None:
     assert_close(got16, want, "onnx_fp16")
     assert exported["r32"].max_abs_diff <= 1e-4
     assert exported["r16"].precision == "fp16"
+
+
+def test_int8_is_quantized_and_close(exported: dict) -> None:
+    """int8: onnxruntime's integer MatMuls replace the float ones; maps stay within tolerance
+    of PyTorch's fp32 maps, and the captum wrapper runs on the quantized graph."""
+    import onnx
+
+    r8 = exported["r8"]
+    graph = onnx.load_model(str(r8.path)).graph
+    weights = {t.name for t in graph.initializer}
+    ops = [n.op_type for n in graph.node]
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops and "Conv" in ops  # Conv stays fp32
+    # Every layer with a weight matrix is quantized; only activation x activation products
+    # (attention scores and their weighting of the values) stay float.
+    assert not [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & weights]
+    assert read_metadata(r8.path).precision == "int8" == r8.precision
+    module, vit = exported["module"], exported["vit"]
+    x = input_for(vit, batch=5, seed=7)
+    with torch.no_grad():
+        want = module(x)
+    got = FastExplainer(r8.path)(x)
+    diff = float((got - want).abs().max())
+    assert 0 < diff <= PARITY_ATOL["int8"]  # quantized, so not bit-equal to fp32
+    attr = FastAttribution(r8.path).attribute(x, target=[0, 1, 2, 0, 1])
+    assert (attr - upsample_patch_map(want, x.shape, "bilinear")).abs().max() <= PARITY_ATOL["int8"]
+
+
+def test_int8_refuses_cnn_explainer(tmp_path: Path) -> None:
+    cnn = make_cnn()
+    module, meta = pltx_export_module(build_explainer(cnn).eval(), cnn)
+    with pytest.raises(ValueError, match="MatMul/Gemm"):
+        export_onnx(module, tmp_path / "c8.onnx", meta, precision="int8")
+    assert not (tmp_path / "c8.onnx").exists()
 
 
 def test_metadata_roundtrip(exported: dict) -> None:
@@ -164,3 +199,15 @@ def test_shipped_pltx_parity_on_held_out_images(tmp_path: Path) -> None:
     assert (got - want).abs().max() <= 1e-4
     fast = FastAttribution(path).attribute(x[:16], target=data.labels[:16])
     assert (fast - pltx.attribute(x[:16], target=data.labels[:16])).abs().max() <= 1e-4
+    # int8 (onnxruntime CPU): within its tolerance, and the segmentation it gives is the same
+    # to within half a point of mIoU.
+    from captum_vit.metrics.segmentation import segmentation_scores, segmentation_stats
+
+    path8 = export_onnx(module, tmp_path / "shipped8.onnx", meta, precision="int8", check_inputs=x[:8]).path
+    got8 = FastExplainer(path8)(x)
+    assert (got8 - want).abs().max() <= PARITY_ATOL["int8"]
+    miou = [
+        segmentation_scores(segmentation_stats(upsample_patch_map(m, x.shape, "bilinear"), data.masks))["miou"]
+        for m in (want, got8)
+    ]
+    assert abs(miou[0] - miou[1]) <= 0.5, miou

@@ -43,6 +43,22 @@ def test_cache_key_changes_with_every_input(tmp_path: Path) -> None:
         engine_cache_key(f, BatchProfile(), "int8", "11.4.0", "H100")
 
 
+def test_int8_export_is_refused_before_any_tensorrt_work(tmp_path: Path) -> None:
+    """An int8 (onnxruntime dynamic quantization) file gets a clear error, with or without TensorRT."""
+    from captum_vit.export import export_onnx
+    from captum_vit.export.explainers import pltx_export_module
+    from captum_vit.models.explainer import build_explainer
+    from tests.conftest import make_vit
+
+    vit = make_vit("cls")
+    module, meta = pltx_export_module(build_explainer(vit).eval(), vit)
+    path = export_onnx(module, tmp_path / "e8.onnx", meta, precision="int8").path
+    with pytest.raises(ValueError, match="int8 export"):
+        build_engine(path)
+    with pytest.raises(ValueError, match="precision"):
+        build_engine(path, precision="int8")
+
+
 @pytest.mark.skipif(REASON is None, reason="TensorRT is available here; the error path is not reachable")
 def test_unavailable_errors_are_clear(tmp_path: Path) -> None:
     import onnx
