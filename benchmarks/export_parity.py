@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from captum_vit.attr import PLTX
-from captum_vit.data.synthetic import generate
+from captum_vit.data.synthetic import SyntheticBatch, generate
 from captum_vit.export import FastExplainer, export_onnx
 from captum_vit.export.explainers import pltx_export_module
 from captum_vit.metrics import model_normalization, positive_perturbation_auc
@@ -28,6 +28,14 @@ from captum_vit.models.vit import upsample_patch_map
 N_IMAGES = 256
 
 
+def scores(model: torch.nn.Module, data: SyntheticBatch, pmap: Tensor) -> str:
+    """Positive AUC and mIoU of patch maps upsampled to the images."""
+    maps = upsample_patch_map(pmap, data.images.shape, "bilinear")
+    pos = float(positive_perturbation_auc(model, data.images, maps, data.labels).mean())
+    miou = segmentation_scores(segmentation_stats(maps, data.masks))["miou"]
+    return f"positive AUC {pos:.2f}, mIoU {miou:.2f}"
+
+
 def main() -> None:
     data = generate(N_IMAGES, seed=777001)
     for name in ("synthetic-vit", "synthetic-resnet"):
@@ -36,15 +44,9 @@ def main() -> None:
         mean, std = model_normalization(model)
         x = (data.images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
-        def scores(pmap: Tensor) -> str:
-            maps = upsample_patch_map(pmap, x.shape, meta.interpolate_mode)
-            pos = float(positive_perturbation_auc(model, data.images, maps, data.labels).mean())
-            miou = segmentation_scores(segmentation_stats(maps, data.masks))["miou"]
-            return f"positive AUC {pos:.2f}, mIoU {miou:.2f}"
-
         with torch.no_grad():
             want = module(x)
-        print(f"{name} torch fp32: {scores(want)}")
+        print(f"{name} torch fp32: {scores(model, data, want)}")
         folder = Path(tempfile.mkdtemp())
         for precision in ("fp32", "fp16", "int8"):
             try:
@@ -58,7 +60,7 @@ def main() -> None:
             diff = (got - want).abs()
             print(
                 f"{name} {precision}: max |onnxruntime - torch| = {float(diff.max()):.2e}, "
-                f"mean {float(diff.mean()):.1e}; {scores(got)}"
+                f"mean {float(diff.mean()):.1e}; {scores(model, data, got)}"
             )
 
 

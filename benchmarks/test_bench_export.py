@@ -31,7 +31,6 @@ import os
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import pytest
 import timm

@@ -18,9 +18,9 @@ from captum_vit.export import (
     select_providers,
 )
 from captum_vit.export.explainers import pltx_export_module
+from captum_vit.export.onnx_export import PARITY_ATOL
 from captum_vit.models.explainer import build_explainer
 from captum_vit.models.vit import upsample_patch_map
-from captum_vit.export.onnx_export import PARITY_ATOL
 from tests.conftest import input_for, make_cnn, make_vit
 from tests.helpers import TOL, assert_close
 
