@@ -11,19 +11,21 @@ in one forward pass. Two loops do exactly the same work and give the same number
 * ``per_image_loop``: the same, one image at a time (LTX's ``infer_perturbation_tests``).
 
 All three are timed in the same run, interleaved round by round so machine load affects them
-alike, with one intra-op thread (``--threads`` of torch, default 1, so that thread wake-up
-stalls on a shared machine do not masquerade as a batching gain). The median speed-ups are
-stored in the benchmark's ``extra_info``.
+alike, for evaluation batches of 1, 8 and 32 images, with one intra-op thread by default
+(``CAPTUM_VIT_BENCH_THREADS`` sets another count). The median speed-ups are stored in the
+benchmark's ``extra_info``.
 
 What to expect: batching removes per-call overhead, not arithmetic. On a GPU, where a small
-ViT's forward pass is launch-bound, that is most of the cost; on one CPU thread the per-step
-loop costs about the same as the batched pass (measured here: ~1.0x per step, ~2x per image),
-so the 3x target of issue 3 is asserted only on CUDA. On CPU the test asserts that batching is
-not slower.
+ViT's forward pass is launch-bound, that is most of the cost. On a CPU the shipped ViT's
+forward pass reaches full throughput from about 4-8 images per pass, so a per-step loop over
+a batch of 8 or more costs about as much as the batched pass (README, "Benchmarks"). The 3x
+target of issue 3 is therefore asserted only on CUDA; on CPU the test asserts that batching is
+not slower than the per-step loop beyond timing noise (25 %).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -37,7 +39,8 @@ from captum_vit.kernels import perturbation_batch
 from captum_vit.metrics import CHEFER_FRACTIONS, perturbation_curves
 from captum_vit.metrics._common import model_normalization, normalize
 
-BATCH, ROUNDS = 8, 5
+ROUNDS = 5
+THREADS = int(os.environ.get("CAPTUM_VIT_BENCH_THREADS", "1"))
 
 
 def shipped_vit() -> nn.Module:
@@ -87,17 +90,18 @@ def _median_speedups(batched: Callable[[], object], loops: dict[str, Callable[[]
 
 
 @pytest.mark.benchmark(group="perturbation-eval")
-def test_batched_perturbation_vs_loops(benchmark: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("batch", [1, 8, 32])
+def test_batched_perturbation_vs_loops(benchmark: pytest.FixtureRequest, batch: int) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     try:
         model = shipped_vit().to(device)
         size = int(model.pretrained_cfg.get("input_size", (3, 64, 64))[-1])
         g = torch.Generator().manual_seed(0)
-        images = torch.rand(BATCH, 3, size, size, generator=g).to(device)
-        scores = torch.rand(BATCH, size, size, generator=g).to(device)
-        labels = torch.randint(0, 5, (BATCH,), generator=g).to(device)
+        images = torch.rand(batch, 3, size, size, generator=g).to(device)
+        scores = torch.rand(batch, size, size, generator=g).to(device)
+        labels = torch.randint(0, 5, (batch,), generator=g).to(device)
 
         def batched() -> Tensor:
             return perturbation_curves(model, images, scores, labels).probability
@@ -116,12 +120,12 @@ def test_batched_perturbation_vs_loops(benchmark: pytest.FixtureRequest) -> None
     finally:
         torch.set_num_threads(threads)
     benchmark.extra_info.update({f"speedup_vs_{k}": round(v, 2) for k, v in speedups.items()})
-    benchmark.extra_info.update(batch=BATCH, levels=len(CHEFER_FRACTIONS) + 1, device=str(device))
+    benchmark.extra_info.update(batch=batch, levels=len(CHEFER_FRACTIONS) + 1, device=str(device))
     print(
-        f"\n[{device}, 1 thread] batched vs per-step loop {speedups['per_step']:.2f}x, "
-        f"vs per-image loop {speedups['per_image']:.2f}x (median of {ROUNDS} interleaved rounds, batch {BATCH})"
+        f"\n[{device}, {THREADS} thread(s), batch {batch}] batched vs per-step loop {speedups['per_step']:.2f}x, "
+        f"vs per-image loop {speedups['per_image']:.2f}x (median of {ROUNDS} interleaved rounds)"
     )
-    if device.type == "cuda":
+    if device.type == "cuda" and batch >= 8:
         assert speedups["per_step"] >= 3.0, f"batched only {speedups['per_step']:.2f}x faster than the loop"
     else:
-        assert speedups["per_step"] >= 0.8, f"batched is slower than the loop ({speedups['per_step']:.2f}x)"
+        assert speedups["per_step"] >= 0.75, f"batched is slower than the loop ({speedups['per_step']:.2f}x)"

@@ -101,7 +101,9 @@ def perturbation_curves(
     mean, std : sequence of float, optional
         Normalisation; default ``model.pretrained_cfg``'s.
     batch_size : int, optional
-        Most images per forward pass (default: the whole ``(K + 1) * B`` stack at once).
+        Images per forward pass over the ``(K + 1) * B`` stack of removal levels (default
+        64, :data:`captum_vit.metrics._common.DEFAULT_FORWARD_BATCH`); the result does not
+        depend on it.
     indices : Tensor, optional
         Dataset indices of the images (seeds the ``"uniform"`` baseline).
     impl : str

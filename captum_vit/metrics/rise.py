@@ -89,7 +89,7 @@ def rise_curves(
     legacy_zero_origin : bool
         Reproduce MUTEX's (0, 0) deletion origin (documented bug; off by default).
     batch_size : int, optional
-        Most images per forward pass.
+        Images per forward pass (default 64); the result does not depend on it.
     indices : Tensor, optional
         Dataset indices (seed the ``"uniform"`` baseline per image).
     impl : str

@@ -89,6 +89,22 @@ def test_batched_curves_match_per_image_loop_on_vit(most_first: bool) -> None:
     assert_close(same.hit, curves.hit, "exact")
 
 
+def test_forward_chunking_does_not_change_curves() -> None:
+    """The default chunk (64 images per pass), one image per pass and the whole stack at once
+    give the same curves; a non-positive batch_size is an error."""
+    model = make_vit("cls")
+    g = torch.Generator().manual_seed(2)
+    images, scores = torch.rand(7, 3, 32, 32, generator=g), torch.rand(7, 32, 32, generator=g)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2])  # 7 images x 10 levels = 70 > 64: two passes
+    default = perturbation_curves(model, images, scores, labels)
+    for bs in (1, 70):
+        other = perturbation_curves(model, images, scores, labels, batch_size=bs)
+        assert_close(other.probability, default.probability, "fp32_loose")
+        assert_close(other.hit, default.hit, "exact")
+    with pytest.raises(ValueError, match="batch_size"):
+        perturbation_curves(model, images, scores, labels, batch_size=0)
+
+
 def test_gt_mask_beats_random_and_inverse() -> None:
     model = RegionModel(top_left_region(16, 6))
     g = torch.Generator().manual_seed(1)
