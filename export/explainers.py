@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -21,6 +22,40 @@ class MaskOutput(nn.Module):
         return self.explainer(x).sigmoid()
 
 
+def _input_size_and_cfg(explainee: nn.Module) -> tuple[tuple[int, int, int], dict[str, Any]]:
+    """The explainee's ``(C, H, W)`` input size and its ``pretrained_cfg``."""
+    cfg: dict[str, Any] = dict(getattr(explainee, "pretrained_cfg", {}) or {})
+    # A ViT's own img_size is authoritative (timm's pretrained_cfg keeps the default 224 of the
+    # architecture name when img_size is overridden); a CNN takes any size, so use its cfg.
+    pe = getattr(explainee, "patch_embed", None)
+    if pe is not None:
+        size: tuple[int, ...] = (int(pe.proj.in_channels), *(int(s) for s in pe.img_size))
+    else:
+        size = tuple(int(s) for s in cfg.get("input_size", ()))
+        if len(size) != 3:
+            raise ValueError("explainee.pretrained_cfg['input_size'] is needed to export a CNN explainer")
+    return (size[0], size[1], size[2]), cfg
+
+
+def _metadata(
+    module: nn.Module, explainee: nn.Module, method: str, interpolate_mode: str, **extra: Any
+) -> ExplainerMetadata:
+    input_size, cfg = _input_size_and_cfg(explainee)
+    with torch.no_grad():
+        grid = tuple(module(torch.zeros(1, *input_size)).shape[1:])
+    return ExplainerMetadata(
+        input_size=input_size,
+        patch_grid=(int(grid[0]), int(grid[1])),
+        mean=tuple(float(v) for v in cfg.get("mean", (0.5, 0.5, 0.5))),
+        std=tuple(float(v) for v in cfg.get("std", (0.5, 0.5, 0.5))),
+        method=method,
+        source_sha256=state_dict_sha256(module),
+        interpolate_mode=interpolate_mode,
+        num_classes=int(getattr(explainee, "num_classes", 0)),
+        extra=dict(extra),
+    )
+
+
 def pltx_export_module(
     explainer: nn.Module, explainee: nn.Module, method: str = "ltx"
 ) -> tuple[nn.Module, ExplainerMetadata]:
@@ -35,26 +70,53 @@ def pltx_export_module(
     if check is None:
         raise TypeError(f"explainer must be an LTX/EEA explainer network, got {type(explainer).__name__}")
     check(explainee)
-    cfg: dict[str, Any] = dict(getattr(explainee, "pretrained_cfg", {}) or {})
-    # A ViT's own img_size is authoritative (timm's pretrained_cfg keeps the default 224 of the
-    # architecture name when img_size is overridden); a CNN takes any size, so use its cfg.
-    pe = getattr(explainee, "patch_embed", None)
-    if pe is not None:
-        input_size: tuple[int, ...] = (int(pe.proj.in_channels), *(int(s) for s in pe.img_size))
-    else:
-        input_size = tuple(int(s) for s in cfg.get("input_size", ()))
-        if len(input_size) != 3:
-            raise ValueError("explainee.pretrained_cfg['input_size'] is needed to export a CNN explainer")
     module = MaskOutput(explainer).eval()
-    with torch.no_grad():
-        grid = tuple(module(torch.zeros(1, *input_size)).shape[1:])
-    meta = ExplainerMetadata(
-        input_size=(input_size[0], input_size[1], input_size[2]),
-        patch_grid=(int(grid[0]), int(grid[1])),
-        mean=tuple(float(v) for v in cfg.get("mean", (0.5, 0.5, 0.5))),
-        std=tuple(float(v) for v in cfg.get("std", (0.5, 0.5, 0.5))),
-        method=method,
-        source_sha256=state_dict_sha256(explainer),
-        num_classes=int(getattr(explainee, "num_classes", 0)),
-    )
-    return module, meta
+    return module, _metadata(module, explainee, method, "bilinear")
+
+
+class DiffMaskKeep(nn.Module):
+    """Vision DiffMask's inference map in one graph: one pass of the ViT, the gate networks on
+    its hidden states, and the expected keep probability at hidden state ``layer`` ``(B, h, w)``.
+
+    Only training needs a second, masked pass of the ViT (for the KL constraint); the map of
+    :class:`captum_vit.attr.VisionDiffMask` does not.
+    """
+
+    def __init__(self, gates: nn.Module, explainee: nn.Module, layer: int = -1) -> None:
+        super().__init__()
+        from captum_vit.training.diffmask import DiffMaskGates
+
+        if not isinstance(gates, DiffMaskGates):
+            raise TypeError(f"gates must be DiffMaskGates, got {type(gates).__name__}")
+        adapter = gates.check_model(explainee)
+        k = int(gates.config["num_states"])
+        if not isinstance(layer, int) or not -k <= layer < k:
+            raise ValueError(f"layer must be an int in [{-k}, {k}) for a model with {k} hidden states, got {layer!r}")
+        self.gates, self.model, self.layer = gates, explainee, layer
+        input_size, _ = _input_size_and_cfg(explainee)
+        self.grid = tuple(int(g) for g in adapter.grid_size((input_size[1], input_size[2])))
+
+    def forward(self, x: Tensor) -> Tensor:
+        from captum_vit.training.diffmask_hard_concrete import expected_keep
+
+        keep = expected_keep(self.gates.gate_logits(self.model, x), self.layer)
+        return keep.reshape(-1, *self.grid)
+
+
+def diffmask_export_module(
+    gates: nn.Module, explainee: nn.Module, layer: int = -1
+) -> tuple[nn.Module, ExplainerMetadata]:
+    """The module to export and its metadata for Vision DiffMask gates of ``explainee``.
+
+    The graph holds the explainee too (the gates read its hidden states), so
+    ``source_sha256`` hashes the gates and the explainee together.
+
+    Raises
+    ------
+    ValueError
+        When the gates were built for another explainee width or depth, or ``layer`` is out of
+        range.
+    """
+    module = DiffMaskKeep(copy.deepcopy(gates), copy.deepcopy(explainee), layer).eval()
+    fingerprint = str(getattr(gates, "fingerprint", ""))
+    return module, _metadata(module, explainee, "diffmask", "nearest", layer=layer, gates_fingerprint=fingerprint)

@@ -2,7 +2,8 @@
 
 ``FastExplainer`` picks the fastest available execution provider (TensorRT, then CUDA, then
 CPU) and returns patch maps; ``FastAttribution`` wraps it as a captum ``Attribution`` so that
-``attribute(inputs, target=...)`` returns what ``LTX(model, finetune_steps=0)`` returns.
+``attribute(inputs, target=...)`` returns what ``LTX(model, finetune_steps=0)`` (or, for exported
+DiffMask gates, ``VisionDiffMask(model)``) returns.
 """
 
 from __future__ import annotations
@@ -99,10 +100,11 @@ class FastExplainer:
 
 class FastAttribution(Attribution):
     """captum ``Attribution`` over an exported explainer: the same call and output as the
-    PyTorch method it was exported from (``LTX(model, finetune_steps=0)``).
+    PyTorch method it was exported from (``LTX(model, finetune_steps=0)`` / ``PLTX(model)``,
+    or ``VisionDiffMask(model)`` for exported DiffMask gates).
 
-    ``target`` is validated like every captum_vit method but does not change the map: the
-    pLTX explainer is trained once and not conditioned on the class (methods.md §2.1).
+    ``target`` is validated like every captum_vit method but does not change the map: neither
+    the pLTX explainer (methods.md §2.1) nor the DiffMask gates are conditioned on the class.
     """
 
     def __init__(self, explainer: FastExplainer | str | os.PathLike[str]) -> None:
