@@ -102,10 +102,7 @@ def test_onnxruntime_vs_eager(benchmark, exported, batch: int) -> None:
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = THREADS
-    fast = {}
-    for precision, path in paths.items():
-        fast[precision] = FastExplainer(path, providers=["CPUExecutionProvider"])
-        fast[precision].session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    fast = {p: FastExplainer(path, ["CPUExecutionProvider"], session_options=opts) for p, path in paths.items()}
     x = torch.randn(batch, *meta.input_size)
     quantized = eager_int8(module)
 

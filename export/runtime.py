@@ -61,6 +61,8 @@ class FastExplainer:
         An ONNX file written by :func:`captum_vit.export.export_onnx`.
     providers : list of str, optional
         onnxruntime execution providers; default: TensorRT, CUDA, CPU, whichever exist.
+    session_options : onnxruntime.SessionOptions, optional
+        E.g. ``intra_op_num_threads`` to share the CPU with other work (default: onnxruntime's).
 
     Raises
     ------
@@ -69,7 +71,9 @@ class FastExplainer:
         does not match the metadata).
     """
 
-    def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], providers: list[str] | None = None, session_options: Any = None
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover
@@ -77,7 +81,7 @@ class FastExplainer:
         self.path = Path(path)
         self.metadata: ExplainerMetadata = read_metadata(self.path)
         self.providers = select_providers(requested=providers)
-        self.session = ort.InferenceSession(str(self.path), providers=self.providers)
+        self.session = ort.InferenceSession(str(self.path), session_options, providers=self.providers)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or list(inputs[0].shape[1:]) != list(self.metadata.input_size):
             raise ValueError(

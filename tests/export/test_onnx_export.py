@@ -76,6 +76,17 @@ def test_int8_is_quantized_and_close(exported: dict) -> None:
     assert (attr - upsample_patch_map(want, x.shape, "bilinear")).abs().max() <= PARITY_ATOL["int8"]
 
 
+def test_session_options_are_used(exported: dict) -> None:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    fast = FastExplainer(exported["r32"].path, ["CPUExecutionProvider"], session_options=opts)
+    assert fast.session.get_session_options().intra_op_num_threads == 1
+    x = input_for(exported["vit"], batch=2, seed=3)
+    assert (fast(x) - FastExplainer(exported["r32"].path)(x)).abs().max() <= 1e-6
+
+
 def test_int8_refuses_cnn_explainer(tmp_path: Path) -> None:
     cnn = make_cnn()
     module, meta = pltx_export_module(build_explainer(cnn).eval(), cnn)
