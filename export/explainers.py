@@ -65,6 +65,16 @@ def pltx_export_module(
     ------
     ValueError
         When the explainer was built for another explainee geometry.
+
+    Examples
+    --------
+    >>> import timm
+    >>> from captum_vit.models.explainer import build_explainer
+    >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                         depth=1, img_size=32).eval()
+    >>> module, meta = pltx_export_module(build_explainer(vit), vit)
+    >>> meta.input_size, meta.patch_grid, meta.method
+    ((3, 32, 32), (2, 2), 'ltx')
     """
     check = getattr(explainer, "check_explainee", None)
     if check is None:
@@ -116,6 +126,16 @@ def diffmask_export_module(
     ValueError
         When the gates were built for another explainee width or depth, or ``layer`` is out of
         range.
+
+    Examples
+    --------
+    >>> import timm
+    >>> from captum_vit.training.diffmask import DiffMaskGates
+    >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                         depth=1, img_size=32).eval()
+    >>> module, meta = diffmask_export_module(DiffMaskGates.for_model(vit, seed=0), vit)
+    >>> meta.method, meta.interpolate_mode, tuple(module(torch.rand(2, 3, 32, 32)).shape)
+    ('diffmask', 'nearest', (2, 2, 2))
     """
     module = DiffMaskKeep(copy.deepcopy(gates), copy.deepcopy(explainee), layer).eval()
     fingerprint = str(getattr(gates, "fingerprint", ""))

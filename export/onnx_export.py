@@ -153,6 +153,18 @@ def export_onnx(
         ``"int8"`` for a graph without MatMul/Gemm layers.
     ExportParityError
         onnxruntime's output differs from PyTorch's beyond ``atol`` (the file is not written).
+
+    Examples
+    --------
+    >>> import tempfile, timm
+    >>> from captum_vit.export.explainers import pltx_export_module
+    >>> from captum_vit.models.explainer import build_explainer
+    >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                         depth=1, img_size=32).eval()
+    >>> module, meta = pltx_export_module(build_explainer(vit), vit)
+    >>> report = export_onnx(module, Path(tempfile.mkdtemp()) / "e.onnx", meta)
+    >>> report.precision, report.max_abs_diff <= PARITY_ATOL["fp32"], read_metadata(report.path).patch_grid
+    ('fp32', True, (2, 2))
     """
     if precision not in PARITY_ATOL:
         raise ValueError(f"precision must be one of {sorted(PARITY_ATOL)}, got {precision!r}")
