@@ -1,0 +1,108 @@
+"""A private, per-call view of a user's model: the same weights, modules of its own.
+
+Explaining needs hooks on attention modules, timm's ``fused_attn`` switched off and eval
+semantics; doing any of that on the user's model, even for the duration of one call, breaks
+every other thread that runs the same model (a web server shares one model between its
+workers). :func:`private_view` rebuilds the module tree around the *same* parameter and buffer
+tensors: no weight is copied, and hooks, flags and the training mode set on the view never
+reach the user's modules.
+
+The view keeps the hooks the user registered on their own modules (they are part of the
+function being explained); hooks registered on the view go to the view only.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TypeVar
+
+from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
+
+#: Per-module dictionaries that hold hooks; each gets a fresh copy in the view.
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper runs (same weights), or ``model`` itself.
+
+    Explanation methods instrument Python modules; a compiled graph runs none of their hooks,
+    so the original module is explained instead (it computes the same function).
+
+    Examples
+    --------
+    >>> lin = nn.Linear(2, 2)
+    >>> unwrap_compiled(lin) is lin
+    True
+    """
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def _clone(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    if id(module) in memo:  # a submodule shared by two parents stays shared in the view
+        return memo[id(module)]
+    new = object.__new__(type(module))  # no __init__: the state comes from the original
+    new.__dict__ = module.__dict__.copy()
+    memo[id(module)] = new
+    # Containers that the copy would otherwise share with the user's module: each gets its
+    # own dict holding the same tensors (parameters, buffers) or the same hook callables.
+    new._parameters = OrderedDict(module._parameters)
+    new._buffers = OrderedDict(module._buffers)
+    new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+    for name in _HOOK_DICTS:
+        hooks = module.__dict__.get(name)
+        if hooks is not None:
+            new.__dict__[name] = OrderedDict(hooks)
+    new._modules = OrderedDict(
+        (name, _clone(child, memo) if child is not None else None) for name, child in module._modules.items()
+    )
+    return new
+
+
+def private_view(model: M) -> M:
+    """A structural copy of ``model`` that shares every parameter and buffer tensor.
+
+    Building it costs one shallow copy per module (no tensor is copied). Setting flags
+    (``fused_attn``, ``training``), registering hooks or replacing submodules on the view
+    leaves ``model`` untouched, so any number of threads can each explain through their own
+    view of one shared model. Writes *into* the shared tensors (an optimiser step, BatchNorm
+    running statistics in training mode) would reach the user's weights: explanation code runs
+    the view in eval mode and never steps an optimiser on it.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``; a ``torch.compile`` wrapper is unwrapped first
+        (:func:`unwrap_compiled`).
+
+    Returns
+    -------
+    nn.Module
+        The view, of the same class as ``model`` (as ``model._orig_mod`` for a compiled one).
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU()).train()
+    >>> v = private_view(m).eval()
+    >>> v[0].weight is m[0].weight, m.training, v.training
+    (True, True, False)
+    >>> _ = v[0].register_forward_hook(lambda *a: None)
+    >>> len(m[0]._forward_hooks), len(v[0]._forward_hooks)
+    (0, 1)
+    """
+    return _clone(unwrap_compiled(model), {})  # type: ignore[return-value]
