@@ -1,5 +1,7 @@
 # The two set-up commands of the README. Each creates .venv when it is missing.
+# DEMO_ARGS: extra options of `captum-vit demo` (the README test shrinks the demo with it).
 PY ?= python3
+DEMO_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m captum_vit.cli demo --out out/demo
+	$(BIN)/python -m captum_vit.cli demo --out out/demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -88,6 +89,63 @@ def input_file(path: str | os.PathLike[str], flag: str) -> Path:
     if not os.access(p, os.R_OK):
         raise CLIError(f"{flag}: {p} is not readable")
     return p
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts that must be at least 1.
+
+    Examples
+    --------
+    >>> positive_int("8")
+    8
+    >>> positive_int("-3")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a positive integer, got '-3'
+    """
+    return _integer(text, minimum=1, what="a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type`` for counts that may be 0.
+
+    Examples
+    --------
+    >>> non_negative_int("0")
+    0
+    """
+    return _integer(text, minimum=0, what="a non-negative integer")
+
+
+def _integer(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def name_list(text: str | None, flag: str, known: tuple[str, ...] | list[str], what: str = "name") -> list[str]:
+    """Split a comma-separated option into names, each of which must be in ``known``.
+
+    Examples
+    --------
+    >>> name_list("gae, rollout", "--methods", ("gae", "rollout"))
+    ['gae', 'rollout']
+    >>> name_list("gae,nope", "--methods", ("gae", "rollout"), "method")
+    Traceback (most recent call last):
+    ...
+    captum_vit._cli_common.CLIError: --methods: unknown method 'nope'; expected a comma-separated list of gae, rollout
+    """
+    names = [n.strip() for n in (text or "").split(",") if n.strip()]
+    if not names:
+        raise CLIError(f"{flag}: expected a comma-separated list of {', '.join(known)}, got {text!r}")
+    for name in names:
+        if name not in known:
+            raise CLIError(f"{flag}: unknown {what} {name!r}; expected a comma-separated list of {', '.join(known)}")
+    return names
 
 
 def wrote(path: str | os.PathLike[str], what: str = "") -> None:

@@ -21,17 +21,47 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
+from captum_vit._cli_common import name_list, output_dir, positive_int, wrote
+from captum_vit._io import atomic_write
 from captum_vit.attr import get_method, list_methods
+from captum_vit.data.splits import BENCHMARK_SEED
+from captum_vit.models.preprocess import model_logits, normalize_for
+from captum_vit.models.vit import is_vit
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     p.add_argument("--model", default="synthetic-vit", help="shipped model name (default synthetic-vit)")
-    p.add_argument("--n-images", type=int, default=4, help="images in the figure (default 4)")
-    p.add_argument("--n-eval", type=int, default=16, help="images for the metrics (default 16)")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the generated images")
-    p.add_argument("--methods", nargs="*", default=None, help="subset of registered methods (default all)")
-    p.add_argument("--repeats", type=int, default=3, help="timing repeats; the median is reported")
+    p.add_argument("--num-images", type=positive_int, default=4, help="images in the figure (default 4)")
+    p.add_argument("--num-eval", type=positive_int, default=16, help="images for the metrics (default 16)")
+    p.add_argument("--seed", type=int, default=BENCHMARK_SEED, help="seed of the generated images")
+    p.add_argument("--methods", default=None, help="comma-separated registered methods (default: all for the model)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timing repeats; the median is reported")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Check the output folder, the model and the methods before any computation.
+
+    Sets ``args.loaded_model`` and ``args.built_methods`` (``name -> Attribution``). With
+    ``--methods`` every named method must build for the model; without it, methods that
+    cannot (e.g. a learned explainer with no weights for this model) are skipped with a warning.
+    """
+    from captum_vit.models import load_pretrained
+
+    output_dir(args.out)
+    model = load_pretrained(args.model)
+    kind = "vit" if is_vit(model) else "cnn"
+    if args.methods:
+        names = name_list(args.methods, "--methods", list_methods(kind), f"method for a {kind} model")
+        args.built_methods = {name: get_method(name)(model) for name in names}
+    else:
+        args.built_methods = {}
+        for name in list_methods(kind):
+            try:
+                args.built_methods[name] = get_method(name)(model)
+            except (ValueError, TypeError) as e:
+                warnings.warn(f"skipping {name}: {e}", stacklevel=1)
+    args.loaded_model = model
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -42,13 +72,6 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def normalise(images: Tensor, model: nn.Module) -> Tensor:
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    mean = torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, -1, 1, 1)
-    return (images - mean) / std
 
 
 def write_figure(path: Path, images: Tensor, masks: Tensor, maps: dict[str, Tensor], labels: list[str]) -> None:
@@ -74,69 +97,61 @@ def write_figure(path: Path, images: Tensor, masks: Tensor, maps: dict[str, Tens
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> int:
     from captum_vit.data.synthetic import CLASS_NAMES, generate
-    from captum_vit.models import load_pretrained
 
+    if getattr(args, "loaded_model", None) is None:
+        check(args)
     torch.manual_seed(0)
-    model = load_pretrained(args.model)
-    kind = "vit" if hasattr(model, "blocks") else "cnn"
-    names = args.methods or list_methods(kind)
+    model: nn.Module = args.loaded_model
     cfg: dict[str, Any] = model.pretrained_cfg  # type: ignore[assignment]
     size = int(cfg["input_size"][-1])
-    data = generate(max(args.n_images, args.n_eval), seed=args.seed, image_size=size)
+    data = generate(max(args.num_images, args.num_eval), seed=args.seed, image_size=size)
     pixels, labels, masks = data.images, data.labels, data.masks
-    x = normalise(pixels, model)
+    x = normalize_for(model, pixels)
 
-    shown = x[: args.n_images]
+    shown = x[: args.num_images]
     with torch.no_grad():
         forward_s = median_seconds(lambda: model(shown), args.repeats)
-        pred = model(x).argmax(1)
+        pred = model_logits(model(x)).argmax(1)
     rows = []
     maps: dict[str, Tensor] = {}
-    for name in names:
-        try:
-            method = get_method(name)(model)
-        except (ValueError, TypeError) as e:  # e.g. a method needing weights not shipped for this model
-            warnings.warn(f"skipping {name}: {e}", stacklevel=1)
-            continue
+    for name, method in args.built_methods.items():
 
-        def explain(m: Attribution = method, t: Tensor = labels[: args.n_images]) -> Tensor:
+        def explain(m: Attribution = method, t: Tensor = labels[: args.num_images]) -> Tensor:
             return m.attribute(shown, target=t)
 
         seconds = median_seconds(explain, args.repeats)
         maps[name] = explain().detach()
         row = {"method": name, "latency_ms": 1000 * seconds, "x_forward": seconds / forward_s}
-        row.update(
-            demo_metrics(
-                model, method, pixels[: args.n_eval], x[: args.n_eval], labels[: args.n_eval], masks[: args.n_eval]
-            )
-        )
+        n = args.num_eval
+        row.update(demo_metrics(model, method, pixels[:n], x[:n], labels[:n], masks[:n]))
         rows.append(row)
 
     captions = [
         f"{CLASS_NAMES[int(t)]}\n(pred {CLASS_NAMES[int(p)]})"
-        for t, p in zip(labels[: args.n_images], pred[: args.n_images])
+        for t, p in zip(labels[: args.num_images], pred[: args.num_images])
     ]
-    write_figure(args.out / "figure.png", pixels[: args.n_images], masks[: args.n_images], maps, captions)
+    figure, metrics = args.out / "figure.png", args.out / "metrics.md"
+    write_figure(figure, pixels[: args.num_images], masks[: args.num_images], maps, captions)
     table = format_table(rows, forward_ms=1000 * forward_s, batch=int(shown.shape[0]), model_name=args.model)
-    (args.out / "metrics.md").write_text(table)
+    atomic_write(metrics, lambda tmp: tmp.write_text(table))
     print(table)
-    print(f"wrote {args.out / 'figure.png'} and {args.out / 'metrics.md'}")
+    wrote(figure, "images, ground truth and one map per method")
+    wrote(metrics, "latency and metrics per method")
     return 0
 
 
 def demo_metrics(
     model: nn.Module, method: Attribution, pixels: Tensor, x: Tensor, labels: Tensor, masks: Tensor
 ) -> dict[str, float]:
-    """Chefer's positive/negative perturbation AUC (methods.md §7.1) and the segmentation
-    mIoU against the ground-truth object masks (§7.5) on the evaluation images, explaining
-    the ground-truth class."""
+    """Positive/negative perturbation AUC (Chefer, Gur & Wolf, CVPR 2021, §4) and the
+    segmentation mIoU against the ground-truth object masks on the evaluation images,
+    explaining the ground-truth class."""
     from captum_vit.metrics import (
         negative_perturbation_auc,
         positive_perturbation_auc,

@@ -1,7 +1,7 @@
 """Model x methods x dataset -> the papers' metrics, single-process or sharded under torchrun.
 
-    captum-vit evaluate --model synthetic-vit --methods gae,rollout --n 256 --format json
-    torchrun --nproc-per-node 2 -m captum_vit.cli evaluate --model synthetic-vit
+The command line over :func:`evaluate` is ``captum-vit evaluate``
+(:mod:`captum_vit.evaluate_cli`).
 
 Each rank evaluates the examples ``rank, rank + world, ...`` and rank 0 gathers the
 per-example values (gloo on CPU, nccl on GPU), orders them by dataset index and computes the
@@ -11,11 +11,8 @@ mIoU) are computed from gathered per-image sums, never by averaging shard means.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,12 +22,12 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from captum_vit.attr import get_method, list_methods, method_info
+from captum_vit.distributed import init_distributed, shutdown
 from captum_vit.metrics import adp_pic, class_sensitivity, perturbation_curves, rise_curves, segmentation_stats
-from captum_vit.metrics._common import model_device, model_normalization, normalize
 from captum_vit.metrics.report import METRIC_GROUPS, EvaluationResult
+from captum_vit.models.preprocess import model_logits, model_normalization, normalize
 from captum_vit.models.vit import is_vit
 
-DATASETS = ("synthetic", "imagenet-val", "imagenet-seg", "voc", "coco")
 #: Reference maps computed from the ground truth, usable wherever a method name is:
 #: the object mask, its inverse and a per-image seeded uniform random map.
 ORACLES = ("oracle:gt", "oracle:inverse", "oracle:random")
@@ -58,17 +55,30 @@ def model_kind(model: nn.Module) -> str:
     return "vit" if is_vit(model) else "cnn"
 
 
-def _distributed() -> tuple[int, int, bool]:
-    """``(rank, world_size, initialised_here)``; joins a torchrun launch when one is set up."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def build_methods(
+    model: nn.Module, names: Sequence[str], options: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """``name -> method`` (or :class:`OracleMap`) for ``model``.
+
+    Raises
+    ------
+    ValueError
+        An unknown method, one that does not support the model's kind, or one that cannot be
+        built for this model (e.g. a learned explainer with no trained weights for it).
+    """
+    kind = model_kind(model)
+    for name in names:
+        if name not in ORACLES and kind not in method_info(name).model_kinds:
+            raise ValueError(
+                f"method {name!r} does not support {kind} models (supports {method_info(name).model_kinds})"
+            )
+    opts = options or {}
+    return {n: OracleMap(n) if n in ORACLES else get_method(n)(model, **opts.get(n, {})) for n in names}
 
 
 def _collate(items: list[Any]) -> tuple[Tensor, Tensor, Tensor]:
@@ -93,7 +103,7 @@ def _evaluate_batch(
     x = normalize(images, mean, std)
     two_objects = labels.dim() == 2
     with torch.no_grad():
-        predicted = model(x).argmax(1).to(labels.device) if not two_objects else None
+        predicted = model_logits(model(x)).argmax(1).to(labels.device) if not two_objects else None
     out: dict[str, list[dict[str, Any]]] = {}
     for name, method in methods.items():
         recs: list[dict[str, Any]] = [{"index": int(i), "values": {}, "curves": {}} for i in indices]
@@ -220,20 +230,12 @@ def evaluate(
         raise ValueError(f"unknown metric groups {unknown}; expected a subset of {METRIC_GROUPS}")
     if explain not in ("predicted", "target"):
         raise ValueError(f"explain must be 'predicted' or 'target', got {explain!r}")
-    kind = model_kind(model)
-    names = list(methods) if methods else list_methods(kind)
-    for name in names:
-        if name in ORACLES:
-            continue
-        if kind not in method_info(name).model_kinds:
-            raise ValueError(
-                f"method {name!r} does not support {kind} models (supports {method_info(name).model_kinds})"
-            )
-    opts = method_options or {}
-    built = {n: OracleMap(n) if n in ORACLES else get_method(n)(model, **opts.get(n, {})) for n in names}
+    names = list(methods) if methods else list_methods(model_kind(model))
+    built = build_methods(model, names, method_options)
     mean, std = model_normalization(model)
-    device = model_device(model)
-    rank, world, owned = _distributed()
+    device = _device_of(model)
+    ctx = init_distributed(device)
+    rank, world = ctx.rank, ctx.world_size
     try:
         jobs: list[tuple[Dataset[Any], str]] = [(dataset, "single")]
         if pairs is not None and "class_sensitivity" in groups:
@@ -264,94 +266,4 @@ def evaluate(
             local = {n: [r for part in gathered for r in part[n]] for n in names}
         return EvaluationResult.from_records(local)
     finally:
-        if owned:
-            dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------- command line
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="synthetic-vit", help="shipped model name (captum_vit.models.list_pretrained)")
-    p.add_argument("--methods", default=None, help="comma-separated method names (default: all for the model)")
-    p.add_argument("--dataset", choices=DATASETS, default="synthetic", help="dataset (default synthetic)")
-    p.add_argument("--data-root", type=Path, default=None, help="dataset folder or file (real datasets)")
-    p.add_argument("--labels-file", type=Path, default=None, help="label file of a flat ImageNet val folder")
-    p.add_argument(
-        "--n", type=int, default=None, help="synthetic images (default 64), or the first N of a real dataset"
-    )
-    p.add_argument("--pairs", type=int, default=32, help="two-object synthetic images for class sensitivity")
-    p.add_argument("--seed", type=int, default=12345, help="synthetic dataset seed (not a training seed)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--metrics", default=",".join(METRIC_GROUPS), help=f"metric groups among {METRIC_GROUPS}")
-    p.add_argument("--explain", choices=("predicted", "target"), default="predicted")
-    p.add_argument("--baseline", default="black", help="removal baseline: black, zero, mean, blur, uniform")
-    p.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
-    p.add_argument("--output", type=Path, default=None, help="write the table here instead of stdout")
-    p.add_argument("--plot", type=Path, default=None, help="PNG of every method's perturbation curves")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def load_model(name: str) -> nn.Module:
-    """A shipped model by name (a ``ValueError`` lists the known names)."""
-    from captum_vit.models.pretrained import load_pretrained
-
-    return load_pretrained(name)
-
-
-def build_dataset(args: argparse.Namespace, image_size: int) -> Dataset[Any]:
-    from torch.utils.data import Subset
-
-    from captum_vit.data import loaders, loaders_coco, loaders_segmentation
-    from captum_vit.data.synthetic import SyntheticDataset
-
-    if args.dataset == "synthetic":
-        return SyntheticDataset(64 if args.n is None else args.n, seed=args.seed, image_size=image_size)
-    if args.data_root is None:
-        raise ValueError(f"--data-root is required for --dataset {args.dataset}")
-    ds: Dataset[Any]
-    if args.dataset == "imagenet-val":
-        ds = loaders.ImageNetValFolder(args.data_root, args.labels_file, image_size)
-    elif args.dataset == "imagenet-seg":
-        ds = loaders_segmentation.ImageNetSegmentation(args.data_root, image_size)
-    elif args.dataset == "voc":
-        ds = loaders_segmentation.VOCSegmentation(args.data_root, image_size=image_size)
-    else:
-        ds = loaders_coco.COCOInstances(args.data_root, image_size=image_size)
-    return ds if args.n is None else Subset(ds, range(min(args.n, len(ds))))  # type: ignore[arg-type]
-
-
-def run(args: argparse.Namespace) -> int:
-    from captum_vit.data.synthetic import SyntheticDataset
-
-    try:
-        model = load_model(args.model)
-    except ValueError as e:
-        print(f"captum-vit evaluate: {e}", file=sys.stderr)
-        return 2
-    if torch.cuda.is_available():
-        model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
-    size = int(cfg.get("input_size", (3, 224, 224))[-1])
-    groups = [g.strip() for g in args.metrics.split(",") if g.strip()]
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-    pairs = None
-    if args.dataset == "synthetic" and args.pairs > 0:
-        pairs = SyntheticDataset(args.pairs, seed=args.seed + 1, objects=2, image_size=size)
-    try:
-        result = evaluate(
-            model, methods, build_dataset(args, size), pairs, args.batch_size, groups, args.explain,
-            args.baseline, progress=not args.no_progress,
-        )  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:
-        print(f"captum-vit evaluate: {e}", file=sys.stderr)
-        return 2
-    if result is None:  # a non-zero rank
-        return 0
-    text = {"markdown": result.to_markdown, "csv": result.to_csv, "json": result.to_json}[args.format]()
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    else:
-        print(text)
-    if args.plot is not None:
-        result.plot(args.plot)
-    return 0
+        shutdown(ctx)

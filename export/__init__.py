@@ -10,7 +10,6 @@ from captum_vit.export.onnx_export import (
     ExportReport,
     export_onnx,
     read_metadata,
-    state_dict_sha256,
 )
 from captum_vit.export.runtime import FastAttribution, FastExplainer, select_providers
 
@@ -24,5 +23,4 @@ __all__ = [
     "export_onnx",
     "read_metadata",
     "select_providers",
-    "state_dict_sha256",
 ]

@@ -1,7 +1,7 @@
 """Export a trained explainer network to ONNX, with metadata and a parity check.
 
 An *explainer network* maps normalised images ``(B, C, H, W)`` to a patch-level map
-``(B, h, w)`` in one forward pass (pLTX's explainer, methods.md §2.1). The export uses
+``(B, h, w)`` in one forward pass (pLTX's explainer, docs/methods.md §2.1). The export uses
 torch's current (dynamo) exporter with only the batch dimension dynamic, opset 18–20, in
 fp32 or fp16 (an fp16 graph with fp32 inputs and outputs: TensorRT 11 has no FP16 builder
 flag, so fp16 means an fp16 ONNX, ecosystem.md §7.3). After export the graph is run with
@@ -17,7 +17,6 @@ which has no MatMul to quantize, is refused. TensorRT does not build these opera
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import os
@@ -29,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from captum_vit._io import atomic_write
 
 #: Metadata key under which the explainer description is stored in the ONNX file.
 METADATA_KEY = "captum_vit"
@@ -53,7 +54,7 @@ class ExplainerMetadata:
     ``input_size`` is ``(C, H, W)``; ``patch_grid`` ``(h, w)``; ``mean``/``std`` the
     explainee's normalisation (the graph takes normalised images); ``method`` the registry
     name the map reproduces (e.g. ``"ltx"`` with ``finetune_steps=0``); ``source_sha256`` the
-    hash of the explainer's weights (safetensors serialisation of its state dict).
+    :func:`~captum_vit.models.fingerprint.model_fingerprint` of the exported module's weights.
     """
 
     input_size: tuple[int, int, int]
@@ -81,14 +82,6 @@ class ExplainerMetadata:
             return cls(**d)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed {METADATA_KEY} metadata in the ONNX file: {e}") from None
-
-
-def state_dict_sha256(module: nn.Module) -> str:
-    """SHA-256 of a module's weights, independent of file format (sorted safetensors bytes)."""
-    from safetensors.torch import save
-
-    sd = {k: v.detach().contiguous().cpu() for k, v in sorted(module.state_dict().items())}
-    return hashlib.sha256(save(sd)).hexdigest()
 
 
 class _HalfPrecision(nn.Module):
@@ -158,7 +151,7 @@ def export_onnx(
     --------
     >>> import tempfile, timm
     >>> from captum_vit.export.explainers import pltx_export_module
-    >>> from captum_vit.models.explainer import build_explainer
+    >>> from captum_vit.explainers import build_explainer
     >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
     ...                         depth=1, img_size=32).eval()
     >>> module, meta = pltx_export_module(build_explainer(vit), vit)
@@ -208,31 +201,26 @@ def export_onnx(
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata.to_json()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
+    diffs: list[float] = []
+    limit = PARITY_ATOL[precision] if atol is None else atol
+
+    def write_checked(tmp: Path) -> None:
         import onnx
 
-        onnx.save_model(proto, tmp)
-        onnx.checker.check_model(tmp, full_check=True)
-        diffs = []
+        onnx.save_model(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
         sess = _cpu_session(tmp)
         for batch_inputs in (check_inputs, check_inputs[:1]):
             got = torch.from_numpy(sess.run(None, {"images": batch_inputs.float().numpy()})[0])
             with torch.no_grad():
                 want = reference(batch_inputs)
             diffs.append(float((got - want).abs().max()))
-        limit = PARITY_ATOL[precision] if atol is None else atol
-        if max(diffs) > limit:
+        if max(diffs) > limit:  # raising here leaves no file behind
             raise ExportParityError(
                 f"{precision} ONNX export differs from PyTorch by {max(diffs):.3e} (> {limit:.1e}); not written"
             )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    path = atomic_write(path, write_checked)
     return ExportReport(path, precision, max(diffs), (int(check_inputs.shape[0]), 1), metadata)
 
 

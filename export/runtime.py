@@ -14,16 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from captum._utils.common import _format_output
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_vit.attr._base import unpack_single_input
-from captum_vit.attr._targets import format_targets
+from captum_vit.attr import format_targets, patch_map_output, unpack_single_input
 from captum_vit.export.onnx_export import ExplainerMetadata, check_batch, read_metadata
-from captum_vit.models.vit import upsample_patch_map
 
 #: Execution providers in order of preference.
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -108,8 +105,35 @@ class FastAttribution(Attribution):
     or ``VisionDiffMask(model)`` for exported DiffMask gates).
 
     ``target`` is validated like every captum_vit method but does not change the map: neither
-    the pLTX explainer (methods.md §2.1) nor the DiffMask gates are conditioned on the class.
+    the pLTX explainer (docs/methods.md §2.1) nor the DiffMask gates are conditioned on the class.
+    The output is built by :func:`captum_vit.attr.patch_map_output`, the same code as every
+    :class:`~captum_vit.attr.MapAttribution`'s.
+
+    Parameters
+    ----------
+    explainer : FastExplainer or path-like
+        A loaded explainer, or the path of an ONNX file written by
+        :func:`captum_vit.export.export_onnx`.
+
+    Examples
+    --------
+    >>> import tempfile, timm
+    >>> from captum_vit.explainers import build_explainer
+    >>> from captum_vit.export import export_onnx
+    >>> from captum_vit.export.explainers import pltx_export_module
+    >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                         depth=1, img_size=32).eval()
+    >>> module, meta = pltx_export_module(build_explainer(vit), vit)
+    >>> report = export_onnx(module, Path(tempfile.mkdtemp()) / "e.onnx", meta)
+    >>> fast = FastAttribution(report.path)
+    >>> fast.attribute(torch.rand(2, 3, 32, 32), target=[0, 2]).shape
+    torch.Size([2, 3, 32, 32])
+    >>> fast.attribute((torch.rand(2, 3, 32, 32),), return_patch_map=True)[0].shape
+    torch.Size([2, 2, 2])
     """
+
+    #: The map comes from the exported network alone; the explained model never runs.
+    runs_explainee = False
 
     def __init__(self, explainer: FastExplainer | str | os.PathLike[str]) -> None:
         self.explainer = explainer if isinstance(explainer, FastExplainer) else FastExplainer(explainer)
@@ -123,9 +147,35 @@ class FastAttribution(Attribution):
         additional_forward_args: Any = None,
         return_patch_map: bool = False,
     ) -> TensorOrTupleOfTensorsGeneric:
+        """The exported explainer's map for ``inputs``, as the PyTorch method returns it.
+
+        Parameters
+        ----------
+        inputs : Tensor or tuple of one Tensor
+            Normalised images ``(B, C, H, W)`` of the exported input size.
+        target : int, tuple, list, Tensor or None
+            Any captum target form; validated, and does not change the map.
+        additional_forward_args : Any, optional
+            Accepted for captum compatibility and ignored (the graph takes only the images).
+        return_patch_map : bool
+            Return the ``(B, h, w)`` patch map instead of the input-shaped one.
+
+        Returns
+        -------
+        Tensor or tuple of one Tensor
+            ``(B, C, H, W)``, or ``(B, h, w)`` with ``return_patch_map=True``; same
+            tuple-ness as ``inputs``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For inputs that do not match the exported input size, or invalid targets.
+        """
         is_tuple, x = unpack_single_input(inputs)
         check_batch(x, self.explainer.metadata)
+        if not torch.isfinite(x).all():  # named as the caller's argument, not FastExplainer's
+            raise ValueError("inputs contains NaN or infinite values")
         format_targets(target, x.shape[0], self.explainer.metadata.num_classes)
-        pmap = self.explainer(x).to(x.dtype)
-        out = pmap if return_patch_map else upsample_patch_map(pmap, x.shape, self.explainer.metadata.interpolate_mode)
-        return _format_output(is_tuple, (out.to(x.dtype),))  # type: ignore[return-value]
+        return patch_map_output(
+            self.explainer(x), x, is_tuple, return_patch_map, self.explainer.metadata.interpolate_mode
+        )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from captum_vit._io import atomic_write
 from captum_vit.export.onnx_export import ExplainerMetadata, check_batch, read_metadata
 
 
@@ -155,12 +155,7 @@ def build_engine(
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path}")
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".engine.tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(bytes(plan))
-    os.replace(tmp, engine_path)
-    return engine_path
+    return atomic_write(engine_path, lambda tmp: tmp.write_bytes(bytes(plan)))
 
 
 class TensorRTExplainer:

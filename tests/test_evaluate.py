@@ -12,11 +12,12 @@ import torch
 import torch.multiprocessing as mp
 
 import captum_vit.evaluate as ev
+import captum_vit.evaluate_cli as ev_cli
 from captum_vit.attr import AttentionRollout, GenericAttention
 from captum_vit.cli import main
 from captum_vit.data.synthetic import SyntheticDataset, generate
 from captum_vit.metrics import positive_perturbation_auc, segmentation_scores, segmentation_stats
-from tests.conftest import make_cnn, make_vit
+from captum_vit.testing import make_cnn, make_vit
 
 GROUPS = ("perturbation", "segmentation", "class_sensitivity")
 
@@ -50,23 +51,28 @@ def test_evaluate_matches_direct_metric_calls() -> None:
 
 
 def test_cli_json_csv_markdown_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setattr(ev, "load_model", lambda name: _tiny_vit())
-    args = ["evaluate", "--model", "tiny", "--methods", "rollout", "--n", "3", "--pairs", "0", "--no-progress",
+    monkeypatch.setattr(ev_cli, "load_model", lambda name: _tiny_vit())
+    args = ["evaluate", "--model", "tiny", "--methods", "rollout", "--num-images", "3", "--pairs", "0", "--no-progress",
             "--metrics", "perturbation,rise"]  # fmt: skip
     assert main([*args, "--format", "json", "--plot", str(tmp_path / "curves.png")]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"wrote {tmp_path / 'curves.png'} (perturbation curves)"
+    out = json.loads(captured.out)
     assert set(out) == {"rollout"} and out["rollout"]["rise_insertion"]["count"] == 3
     assert set(out["rollout"]["pos_auc"]) == {"mean", "count"}
     assert (tmp_path / "curves.png").stat().st_size > 1000
-    assert main([*args, "--format", "csv", "--output", str(tmp_path / "t.csv")]) == 0
+    assert main([*args, "--format", "csv", "--out", str(tmp_path / "t.csv")]) == 0
     assert (tmp_path / "t.csv").read_text().splitlines()[0] == "method,metric,mean,count"
+    assert capsys.readouterr().err.strip() == f"wrote {tmp_path / 't.csv'} (csv table)"
     assert main([*args, "--format", "markdown"]) == 0
     assert capsys.readouterr().out.startswith("| method | pos_auc ↓ | neg_auc ↑ |")
 
 
 def test_bad_input_errors(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     assert main(["evaluate", "--model", "no-such-model", "--no-progress"]) == 2
-    assert "unknown pretrained model name 'no-such-model'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("captum-vit evaluate: error: ") and err.count("\n") == 1
+    assert "unknown pretrained model name 'no-such-model'" in err
     with pytest.raises(ValueError, match="empty dataset"):
         ev.evaluate(_tiny_vit(), ["rollout"], [], progress=False)
     with pytest.raises(ValueError, match="does not support cnn"):
@@ -75,9 +81,9 @@ def test_bad_input_errors(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
         ev.evaluate(_tiny_vit(), ["nope"], SyntheticDataset(1, image_size=32), progress=False)
     with pytest.raises(ValueError, match="metric groups"):
         ev.evaluate(_tiny_vit(), ["rollout"], SyntheticDataset(1, image_size=32), groups=("speed",), progress=False)
-    monkeypatch.setattr(ev, "load_model", lambda name: _tiny_vit())
+    monkeypatch.setattr(ev_cli, "load_model", lambda name: _tiny_vit())
     assert main(["evaluate", "--dataset", "voc", "--no-progress"]) == 2
-    assert "--data-root is required" in capsys.readouterr().err
+    assert capsys.readouterr().err == "captum-vit evaluate: error: --data-root is required for --dataset voc\n"
 
 
 def _run_rank(rank: int, world: int, port: int, out: str) -> None:
@@ -124,10 +130,10 @@ def test_oracle_reference_maps() -> None:
 
 
 def test_cli_on_a_voc_folder_scores_segmentation_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from tests.metrics.test_loaders import _write_voc
+    from tests.data.fake_datasets import write_voc as _write_voc
 
     _write_voc(tmp_path / "VOC2012")
-    monkeypatch.setattr(ev, "load_model", lambda name: _tiny_vit())
+    monkeypatch.setattr(ev_cli, "load_model", lambda name: _tiny_vit())
     argv = ["evaluate", "--dataset", "voc", "--data-root", str(tmp_path / "VOC2012"), "--methods", "oracle:gt",
             "--format", "json", "--no-progress"]  # fmt: skip
     assert main(argv) == 0

@@ -1,7 +1,8 @@
 """Attribution methods for Vision Transformers (and CNNs), as captum ``Attribution``s."""
 
-from captum_vit.attr._base import MapAttribution
+from captum_vit.attr._base import MapAttribution, patch_map_output, unpack_single_input
 from captum_vit.attr._registry import get_method, list_methods, method_info, register_method
+from captum_vit.attr._targets import format_targets
 from captum_vit.attr.attention_gradcam import AttentionGradCAM
 from captum_vit.attr.diffmask import VisionDiffMask
 from captum_vit.attr.gae import GenericAttention
@@ -29,8 +30,11 @@ __all__ = [
     "TransformerAttribution",
     "ViTGradCAM",
     "VisionDiffMask",
+    "format_targets",
     "get_method",
     "list_methods",
     "method_info",
+    "patch_map_output",
     "register_method",
+    "unpack_single_input",
 ]

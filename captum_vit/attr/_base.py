@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from captum_vit.attr._targets import format_targets, resolve_targets
 from captum_vit.models.cnn import SUPPORTED_CNNS, CNNAdapter
+from captum_vit.models.preprocess import model_logits
 from captum_vit.models.vit import SUPPORTED_VITS, ViTAdapter, upsample_patch_map
 
 Adapter = ViTAdapter | CNNAdapter
@@ -44,16 +45,52 @@ def make_adapter(model: nn.Module, kinds: tuple[str, ...]) -> Adapter:
 def unpack_single_input(inputs: object) -> tuple[bool, Tensor]:
     """captum's tuple-in/tuple-out for one image tensor: ``(was_tuple, tensor)``.
 
+    The first step of every ``attribute``; :func:`patch_map_output` is the last, and gives
+    the result the tuple-ness recorded here.
+
     Raises
     ------
     ValueError
         If ``inputs`` is a tuple of more than one tensor.
+
+    Examples
+    --------
+    >>> x = torch.zeros(1, 3, 4, 4)
+    >>> unpack_single_input((x,))[0], unpack_single_input(x)[0]
+    (True, False)
     """
     is_tuple = _is_tuple(inputs)  # type: ignore[arg-type]
     formatted = _format_tensor_into_tuples(inputs)  # type: ignore[arg-type]
     if len(formatted) != 1:
         raise ValueError(f"inputs must be one image tensor (or a 1-tuple), got a tuple of {len(formatted)}")
     return is_tuple, formatted[0]
+
+
+def patch_map_output(
+    patch_map: Tensor,
+    images: Tensor,
+    is_tuple: bool,
+    return_patch_map: bool = False,
+    interpolate_mode: str = "bilinear",
+) -> TensorOrTupleOfTensorsGeneric:
+    """What ``attribute`` returns for the ``(B, h, w)`` patch map of ``images``.
+
+    The map (detached, in ``images``' dtype) as it is with ``return_patch_map``, otherwise
+    upsampled with ``interpolate_mode`` and broadcast to ``images``' ``(B, C, H, W)``
+    (:func:`captum_vit.models.upsample_patch_map`); a 1-tuple when the inputs were one.
+    Every :class:`MapAttribution` and the exported runtime's ``FastAttribution`` end here.
+
+    Examples
+    --------
+    >>> x = torch.zeros(2, 3, 4, 4)
+    >>> patch_map_output(torch.ones(2, 2, 2), x, is_tuple=False).shape
+    torch.Size([2, 3, 4, 4])
+    >>> patch_map_output(torch.ones(2, 2, 2), x, is_tuple=True, return_patch_map=True)[0].shape
+    torch.Size([2, 2, 2])
+    """
+    pmap = patch_map.detach().to(images.dtype)
+    out = pmap if return_patch_map else upsample_patch_map(pmap, images.shape, interpolate_mode).to(images.dtype)
+    return _format_output(is_tuple, (out,))  # type: ignore[return-value]
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
@@ -88,8 +125,6 @@ class MapAttribution(GradientAttribution):
     """
 
     model_kinds: ClassVar[tuple[str, ...]] = ("vit",)
-    #: Whether the map depends on the target (rollout and raw attention do not).
-    class_specific: ClassVar[bool] = True
     #: Default interpolation of the patch map.
     default_interpolate_mode: ClassVar[str] = "bilinear"
 
@@ -116,10 +151,7 @@ class MapAttribution(GradientAttribution):
 
     # -- helpers for subclasses ---------------------------------------------------
     def _forward(self, x: Tensor, forward_args: tuple[Any, ...]) -> Tensor:
-        logits = self.model(x, *forward_args)
-        if isinstance(logits, tuple):  # distilled models in distillation-training mode
-            logits = sum(logits) / len(logits)
-        return logits
+        return model_logits(self.model(x, *forward_args))
 
     @staticmethod
     def _target_score(logits: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -166,9 +198,7 @@ class MapAttribution(GradientAttribution):
         fargs: tuple[Any, ...] = _format_additional_forward_args(additional_forward_args) or ()
         with torch.enable_grad():
             pmap = self._patch_map(x.detach(), idx, fargs)
-        pmap = pmap.detach().to(x.dtype)
-        out = pmap if return_patch_map else upsample_patch_map(pmap, x.shape, self.interpolate_mode).to(x.dtype)
-        return _format_output(is_tuple, (out,))  # type: ignore[return-value]
+        return patch_map_output(pmap, x, is_tuple, return_patch_map, self.interpolate_mode)
 
     def attribute_future(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} has no attribute_future")

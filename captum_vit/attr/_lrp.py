@@ -1,8 +1,9 @@
 """Layer-wise relevance propagation through a recorded timm ViT forward pass.
 
-The rules are those of Chefer, Gur & Wolf's LRP-instrumented ViT (methods.md §9,
-ecosystem.md §4.1), written as explicit tensor expressions over a
-:class:`~captum_vit.models.hooks.LRPTrace` instead of ``relprop`` methods on a copied model:
+The rules are those of Chefer, Gur & Wolf's LRP-instrumented ViT (docs/methods.md §9; their
+``baselines/ViT/ViT_LRP.py`` and ``modules/layers_ours.py``), written as explicit tensor
+expressions over a :class:`~captum_vit.models.lrp_trace.LRPTrace` instead of ``relprop``
+methods on a copied model:
 
 * ``nn.Linear``: the αβ rule (Bach et al. 2015) with α = 1, β = 0 by default (z⁺); bias ignored.
 * residual additions: the z-rule split followed by Chefer's re-normalisation, which gives each
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.grad import conv2d_input
 
-from captum_vit.models.hooks import BlockTrace, EmbeddingTrace, LinearInput, LRPTrace
+from captum_vit.models.lrp_trace import BlockTrace, EmbeddingTrace, LinearInput, LRPTrace
 
 EPS = 1e-9
 _T = TypeVar("_T")
@@ -55,7 +56,7 @@ def linear_relevance(layer: LinearInput, r: Tensor, alpha: float = 1.0) -> Tenso
 
     Examples
     --------
-    >>> from captum_vit.models.hooks import LinearInput
+    >>> from captum_vit.models.lrp_trace import LinearInput
     >>> lay = LinearInput(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, -1.0], [1.0, 1.0]]))
     >>> linear_relevance(lay, torch.tensor([[0.0, 3.0]]))
     tensor([[1., 2.]])

@@ -15,12 +15,23 @@ def format_targets(target: Any, batch_size: int, num_classes: int) -> Tensor | N
     (resolved later to the predicted class), an ``int``, a one-element tuple, a 0-d or
     one-element tensor, a 1-D tensor / ``list[int]`` / ``list[tuple]`` of length ``B``.
 
+    ``num_classes`` 0 skips the range check (a model whose class count is unknown).
+
     Raises
     ------
     ValueError
         Wrong length, out-of-range class, or a multi-index tuple.
     TypeError
         Any other type.
+
+    Examples
+    --------
+    >>> format_targets([2, (0,)], batch_size=2, num_classes=3)
+    tensor([2, 0])
+    >>> format_targets(1, batch_size=3, num_classes=3)
+    tensor([1, 1, 1])
+    >>> format_targets(None, batch_size=3, num_classes=3) is None
+    True
     """
     if target is None:
         return None

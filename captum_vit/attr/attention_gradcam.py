@@ -1,4 +1,4 @@
-"""Grad-CAM on the last block's attention (Chefer et al.'s ``attn_gradcam``, methods.md §9)."""
+"""Grad-CAM on the last block's attention (Chefer et al.'s ``attn_gradcam``, docs/methods.md §9)."""
 
 from __future__ import annotations
 

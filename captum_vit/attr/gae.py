@@ -1,4 +1,4 @@
-"""Generic Attention-model Explainability (Chefer, Gur & Wolf, ICCV 2021; methods.md §9)."""
+"""Generic Attention-model Explainability (Chefer, Gur & Wolf, ICCV 2021; docs/methods.md §9)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
-from captum_vit.kernels._dispatch import check_impl
+from captum_vit.kernels._common import check_impl
 from captum_vit.kernels.rollout import attention_rollout
 
 

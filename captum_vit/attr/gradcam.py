@@ -52,7 +52,7 @@ class GradCAM(MapAttribution):
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
         with record_activations([self.layer]) as store:
             logits = self._forward(x.requires_grad_(True), forward_args)
-            act = store[0].get("activation")
+            act = store[0]
             if act is None or act.dim() != 4:
                 raise ValueError("layer must output (batch, channels, height, width) feature maps")
             score, _ = self._target_score(logits, target)

@@ -1,4 +1,4 @@
-"""Iterated Integrated Attributions (Barkan et al., ICCV 2023; methods.md §5).
+"""Iterated Integrated Attributions (Barkan et al., ICCV 2023; docs/methods.md §5).
 
 IIA integrates along a straight path in input space *and*, nested inside it, along paths in
 internal representations: attention maps for a ViT, a feature stage's activations for a CNN.
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._targets import resolve_targets
 from captum_vit.attr._vit_common import AttentionAttribution
+from captum_vit.kernels._common import fuse_heads
 from captum_vit.kernels.rollout import attention_rollout
 from captum_vit.models.cnn import CNNAdapter
 from captum_vit.models.hooks import override_output, record_attention
@@ -68,7 +69,7 @@ class IIA(AttentionAttribution):
     over space) to ``u``: ``v = r + c (u - r)``. The integrand is ``dy_c/dv * (v - r)``,
     summed over channels and averaged over all points; measuring activations from the
     reference is what the released code's ``igacts[1:] -= igacts[0]`` intends (the paper's
-    exact CNN integrand could not be checked: methods.md marks its summary unverified). ``cnn_reference="released"``
+    exact CNN integrand was not checked against its text, docs/methods.md §5.3). ``cnn_reference="released"``
     reproduces the released code, whose reference is a minimum over a singleton axis (so
     ``r = u`` and the activation path collapses) and whose integrand is ``dy_c/du * ReLU(u)``:
     only the image level remains (§5.3).
@@ -83,7 +84,7 @@ class IIA(AttentionAttribution):
         gives one value per level, input first (ViT: ``1 + len(attention_layers)`` levels,
         CNN: 2). Default 5, the released ViT code's ``ITERATION_STEPS`` (6 points per level,
         36 points for IIA2); the released CNN script uses 10, and the paper reportedly n = 10
-        [unverified, methods.md §5.1].
+        [unverified, docs/methods.md §5.1].
     attention_layers : sequence of int
         ViT blocks whose attention is integrated (negative indices count from the end).
     baseline : float or Tensor
@@ -270,7 +271,7 @@ class IIA(AttentionAttribution):
             atts = [a for a in rec.attentions if a is not None]
             grads = torch.autograd.grad(score, atts, allow_unused=True)
         cams = [
-            (g * a.detach()).clamp(min=0).mean(dim=1) if g is not None else a.new_zeros(a[:, 0].shape)
+            fuse_heads((g * a.detach()).clamp(min=0)) if g is not None else a.new_zeros(a[:, 0].shape)
             for a, g in zip(atts, grads)
         ]
         return torch.stack(cams, dim=1)

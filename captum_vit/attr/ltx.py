@@ -1,10 +1,8 @@
-"""LTX / pLTX (Barkan et al.) and EEA: masks from a trained explainer network (methods.md §2-3)."""
+"""LTX / pLTX (Barkan et al.) and EEA: masks from a trained explainer network."""
 
 from __future__ import annotations
 
 import copy
-import warnings
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -13,76 +11,10 @@ from torch import Tensor, nn
 from captum_vit.attr._base import MapAttribution
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._targets import resolve_targets
-from captum_vit.metrics import model_normalization
-from captum_vit.models.explainer import CNNExplainer, ViTExplainer, build_explainer, model_fingerprint
-from captum_vit.training.ltx import MASK_LOSSES, LTXObjective, default_mask_weight, finetune_masks
-
-ExplainerSpec = ViTExplainer | CNNExplainer | str | Path | None
-
-
-def _shipped_explainer_for(model: nn.Module) -> str | None:
-    """The name of the shipped explainer trained for exactly ``model``'s weights, if any."""
-    from captum_vit.models.pretrained import read_manifest
-
-    entries = {n: e for n, e in read_manifest().items() if "explainee_sha256" in e}
-    if not entries:
-        return None
-    fp = model_fingerprint(model)
-    return next((n for n, e in entries.items() if e["explainee_sha256"] == fp), None)
-
-
-def load_explainer(spec: ExplainerSpec, model: nn.Module) -> ViTExplainer | CNNExplainer:
-    """Resolve ``LTX``'s ``explainer`` argument for explainee ``model``.
-
-    ``None``: the shipped explainer trained for ``model``'s exact weights, else a fresh,
-    untrained one (with a warning); a name: :func:`captum_vit.models.pretrained.load_pretrained`;
-    a path: a trainer checkpoint (``.pt``, key ``"model"``) or a ``.safetensors`` state dict.
-
-    Raises
-    ------
-    ValueError
-        Architecture mismatch, or weights trained for another model.
-    TypeError
-        Any other kind of ``spec``.
-    """
-    if spec is None:
-        name = _shipped_explainer_for(model)
-        if name is None:
-            warnings.warn(
-                "LTX: no trained explainer for this model; using an UNTRAINED explainer (a copy of the model "
-                "with a fresh head). Pretrain one with `captum-vit pretrain-ltx` and pass explainer=...",
-                UserWarning,
-                stacklevel=3,
-            )
-            return build_explainer(model)
-        spec = name
-    if isinstance(spec, (str, Path)) and not Path(spec).exists():
-        from captum_vit.models.pretrained import load_pretrained
-
-        loaded = load_pretrained(str(spec))
-        if not isinstance(loaded, (ViTExplainer, CNNExplainer)):
-            raise ValueError(f"pretrained model {spec!r} is not an LTX explainer")
-        spec = loaded
-    elif isinstance(spec, (str, Path)):
-        explainer = build_explainer(model)
-        path = Path(spec)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("model", state)
-        try:
-            explainer.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"explainer checkpoint {path} does not match this model's architecture: {e}") from None
-        spec = explainer
-    if not isinstance(spec, (ViTExplainer, CNNExplainer)):
-        raise TypeError(f"explainer must be a ViTExplainer, CNNExplainer, a name or a path, got {type(spec).__name__}")
-    spec.check_explainee(model)
-    spec.check_weights_for(model)
-    return spec
+from captum_vit.explainers.ltx_network import LTXExplainer
+from captum_vit.explainers.ltx_objective import MASK_LOSSES, LTXObjective, default_mask_weight, finetune_masks
+from captum_vit.explainers.registry import LTXSpec, load_ltx_explainer
+from captum_vit.models.preprocess import model_logits, model_normalization
 
 
 class _WithArgs(nn.Module):
@@ -93,8 +25,7 @@ class _WithArgs(nn.Module):
         self.model, self.args = model, args
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.model(x, *self.args)
-        return torch.stack(list(out)).mean(0) if isinstance(out, tuple) else out
+        return model_logits(self.model(x, *self.args))
 
 
 @register_method("ltx", model_kinds=("vit", "cnn"))
@@ -104,7 +35,7 @@ class LTX(MapAttribution):
     The explainer sees the (normalised) input; its sigmoid patch mask, upsampled bilinearly,
     multiplies the image in pixel space (``x · std + mean``), masked-out pixels show
     ``baseline`` (black), and the explainee classifies the renormalised product. Finetuning
-    runs ``finetune_steps`` Adam steps of the LTX loss (:mod:`captum_vit.training.ltx`) on
+    runs ``finetune_steps`` Adam steps of the LTX loss (:mod:`captum_vit.explainers.ltx_objective`) on
     each image's own copy of the explainer, for the whole batch at once.
 
     Parameters
@@ -112,15 +43,17 @@ class LTX(MapAttribution):
     model : nn.Module
         The explainee (timm ViT or ResNet-family CNN); never modified.
     explainer : ViTExplainer, CNNExplainer, str or Path, optional
-        The pretrained explainer, a shipped name (``"synthetic-vit-pltx"``) or a checkpoint
-        path. Default: the shipped explainer for a shipped model; otherwise an untrained one
-        (with a warning). Never modified (finetuning works on copies).
+        The pretrained explainer, a registered name (``"synthetic-vit-pltx"``) or a file
+        (``pretrain-ltx``'s ``OUT/best.safetensors``, or a trainer checkpoint ``.pt``). Default:
+        the explainer registered for the model's exact weights (user registry or shipped,
+        :mod:`captum_vit.explainers.registry`); otherwise an untrained one (with a warning).
+        Never modified (finetuning works on copies).
     finetune_steps : int
         Per-instance steps (the papers use up to 25); 0 is pLTX.
     finetune_lr : float
         Adam learning rate of the finetuning.
     mask_weight : float, optional
-        λ of the loss; default :func:`~captum_vit.training.ltx.default_mask_weight`.
+        λ of the loss; default :func:`~captum_vit.explainers.default_mask_weight`.
     mask_loss : str
         ``"bce"``, ``"l1"`` or ``"bce_double_sigmoid"`` (the official code's; see the module).
     baseline : float or Tensor
@@ -138,18 +71,18 @@ class LTX(MapAttribution):
     ------
     ValueError
         ``finetune_steps < 0``, a bad ``mask_loss`` or ``finetune_lr``, an explainer whose
-        architecture or weights belong to another model.
+        architecture or weights belong to another model (the message names both weight
+        fingerprints).
 
     References
     ----------
     Barkan, Asher, Eshel, Elisha & Koenigstein, "Learning to Explain" (LTX/pLTX) and
-    "Visual Explanations via Iterated Integrated Attributions"-era EEA (CNN explainees);
-    methods.md §2-3.
+    "Visual Explanations via Iterated Integrated Attributions"-era EEA (CNN explainees).
 
     Examples
     --------
     >>> import timm, torch
-    >>> from captum_vit.models.explainer import build_explainer
+    >>> from captum_vit.explainers import build_explainer
     >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, depth=2,
     ...                       img_size=32, patch_size=8, embed_dim=32, num_heads=2).eval()
     >>> ltx = LTX(m, explainer=build_explainer(m), finetune_steps=2)
@@ -163,7 +96,7 @@ class LTX(MapAttribution):
     def __init__(
         self,
         model: nn.Module,
-        explainer: ExplainerSpec = None,
+        explainer: LTXSpec = None,
         finetune_steps: int | None = None,
         finetune_lr: float = 1e-4,
         mask_weight: float | None = None,
@@ -182,19 +115,19 @@ class LTX(MapAttribution):
             raise ValueError(f"finetune_lr must be a positive number, got {finetune_lr!r}")
         if mask_loss not in MASK_LOSSES:
             raise ValueError(f"mask_loss must be one of {MASK_LOSSES}, got {mask_loss!r}")
-        self.explainer = load_explainer(explainer, model)
+        self.explainer = load_ltx_explainer(explainer, model)
         self.finetune_steps, self.finetune_lr, self.select_by_pos_auc = steps, float(finetune_lr), select_by_pos_auc
         self.mask_weight = default_mask_weight(self.explainer) if mask_weight is None else float(mask_weight)
         self.mask_loss, self.baseline = mask_loss, baseline
         self.mean, self.std = model_normalization(model, mean, std)
-        self._copies: dict[torch.device, ViTExplainer | CNNExplainer] = {}
+        self._copies: dict[torch.device, LTXExplainer] = {}
 
     @property
     def runs_explainee(self) -> bool:
         """pLTX (``finetune_steps=0``) explains with the explainer network alone."""
         return self.finetune_steps > 0
 
-    def _explainer_on(self, device: torch.device) -> ViTExplainer | CNNExplainer:
+    def _explainer_on(self, device: torch.device) -> LTXExplainer:
         """The explainer in eval mode on ``device``, a private copy when the given one is in
         training mode or elsewhere (the caller's explainer is never moved or switched)."""
         e = self.explainer
@@ -230,13 +163,12 @@ class PLTX(LTX):
     Examples
     --------
     >>> import timm, torch
-    >>> from captum_vit.models.explainer import build_explainer
+    >>> from captum_vit.explainers import build_explainer
     >>> m = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
     >>> PLTX(m, explainer=build_explainer(m)).attribute(torch.rand(1, 3, 64, 64)).shape
     torch.Size([1, 3, 64, 64])
     """
 
-    class_specific = False
     default_finetune_steps = 0
 
 
@@ -247,7 +179,7 @@ class EEA(LTX):
     Examples
     --------
     >>> import timm, torch
-    >>> from captum_vit.models.explainer import build_explainer
+    >>> from captum_vit.explainers import build_explainer
     >>> m = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
     >>> EEA(m, explainer=build_explainer(m), finetune_steps=1).attribute(torch.rand(1, 3, 64, 64), target=1).shape
     torch.Size([1, 3, 64, 64])

@@ -1,4 +1,4 @@
-"""MUTEX: multiplex-graph explanations with attention-graph pruning (methods.md §4).
+"""MUTEX: multiplex-graph explanations with attention-graph pruning (docs/methods.md §4).
 
 The ViT's attention is read as a multiplex graph (nodes: patches; one directed weighted
 layer per block and head-fusion operator). Weak edges are pruned, per-node in/out-degree
@@ -21,17 +21,19 @@ from captum_vit.attr._registry import register_method
 from captum_vit.attr._targets import resolve_targets
 from captum_vit.attr._vit_common import AttentionAttribution
 from captum_vit.kernels import attention_graph_centralities
-from captum_vit.kernels.rollout import HEAD_FUSIONS
+from captum_vit.kernels._common import HEAD_FUSIONS, check_head_fusion, check_impl
 from captum_vit.models.hooks import keep_patch_tokens, record_attention
 
-#: The nine cross-layer statistics of methods.md §4.1 step 5, in this order.
+#: The nine cross-layer statistics of docs/methods.md §4.1 step 5, in this order.
 STATISTICS = ("coherence", "max", "min", "sum", "std", "sum_std", "median", "skewness", "kurtosis")
 #: The node centralities: in-degree (column sums, attention received) and out-degree (row sums).
 CENTRALITIES = ("in", "out")
+#: How the ``median`` statistic treats an even layer count (see :func:`node_statistics`).
+MEDIANS = ("lower", "mean_of_middle")
 
 
-def node_statistics(centrality: Tensor) -> Tensor:
-    """The nine cross-layer statistics of each node's centralities (methods.md §4.1 step 5).
+def node_statistics(centrality: Tensor, median: str = "lower") -> Tensor:
+    """The nine cross-layer statistics of each node's centralities (docs/methods.md §4.1 step 5).
 
     Statistics are population moments (``ddof=0``, as numpy/scipy defaults). Edge cases are
     defined rather than left as NaN, so every node can be ranked:
@@ -43,7 +45,11 @@ def node_statistics(centrality: Tensor) -> Tensor:
       ``skewness`` and (excess) ``kurtosis`` are exactly 0.
     * ``sum_std`` is ``sum / std``; where ``std`` is 0 it is ``+inf`` when the sum is
       positive (a perfectly steady, non-zero centrality ranks highest) and 0 otherwise.
-    * ``median`` averages the two middle values for an even number of layers.
+    * ``median``: for an even number of layers, ``median="lower"`` (default) takes the lower
+      of the two middle values, as the official MUTEX code does (its
+      ``calculate_centrality_coherence`` calls ``torch.median``, which returns the lower
+      middle value); ``median="mean_of_middle"`` averages the two (numpy's and scipy's
+      median). An odd number of layers has one middle value and both agree.
     * The statistics are computed in float64, and the scale-free ones (coherence, sum/std,
       skewness, kurtosis) are rounded to 9 decimals, so values that are mathematically equal
       tie exactly instead of being ranked by rounding noise: with two layers, for example,
@@ -53,6 +59,8 @@ def node_statistics(centrality: Tensor) -> Tensor:
     ----------
     centrality : Tensor
         ``(L, ..., n)`` non-negative centralities, layers first.
+    median : str
+        ``"lower"`` (the official code) or ``"mean_of_middle"``, for an even layer count.
 
     Returns
     -------
@@ -62,7 +70,7 @@ def node_statistics(centrality: Tensor) -> Tensor:
     Raises
     ------
     ValueError
-        If ``centrality`` has fewer than 2 dimensions or no layer.
+        If ``centrality`` has fewer than 2 dimensions or no layer, or for an unknown ``median``.
 
     Examples
     --------
@@ -71,7 +79,12 @@ def node_statistics(centrality: Tensor) -> Tensor:
     inf
     >>> node_statistics(c)[[1, 2, 3, 6], 0].tolist()  # max, min, sum, median of node 0
     [4.0, 1.0, 6.0, 1.0]
+    >>> even = torch.tensor([[1.0], [2.0], [4.0], [8.0]])  # 4 layers, middle values 2 and 4
+    >>> float(node_statistics(even)[6, 0]), float(node_statistics(even, median="mean_of_middle")[6, 0])
+    (2.0, 3.0)
     """
+    if median not in MEDIANS:
+        raise ValueError(f"median must be one of {MEDIANS}, got {median!r}")
     if centrality.dim() < 2 or centrality.shape[0] == 0:
         raise ValueError(
             f"centrality must be (layers, ..., nodes) with at least one layer, got {tuple(centrality.shape)}"
@@ -93,13 +106,16 @@ def node_statistics(centrality: Tensor) -> Tensor:
         constant, torch.where(total > 0, torch.full_like(total, math.inf), zero), total / torch.where(constant, 1, std)
     )
     ordered = c.sort(0).values
-    median = ordered[n_layers // 2] if n_layers % 2 else 0.5 * (ordered[n_layers // 2 - 1] + ordered[n_layers // 2])
+    if n_layers % 2 == 0 and median == "mean_of_middle":
+        middle = 0.5 * (ordered[n_layers // 2 - 1] + ordered[n_layers // 2])
+    else:
+        middle = ordered[(n_layers - 1) // 2]
     skewness = torch.where(constant, zero, m3 / safe_m2**1.5)
     kurtosis = torch.where(constant, zero, m4 / safe_m2**2 - 3.0)
     coherence, sum_std, skewness, kurtosis = (
         torch.round(t, decimals=9) for t in (coherence, sum_std, skewness, kurtosis)
     )
-    return torch.stack([coherence, hi, lo, total, std, sum_std, median, skewness, kurtosis])
+    return torch.stack([coherence, hi, lo, total, std, sum_std, middle, skewness, kurtosis])
 
 
 def kept_count_index(num_tokens: int, token_ratio: float) -> int:
@@ -185,7 +201,7 @@ class MUTEX(AttentionAttribution):
     (image, mask) pairs of the whole batch are grouped by kept count (deterministically: by
     count, then image, then mask index) and each group runs in forwards of at most
     ``internal_batch_size`` sequences. Unlike the official notebook, class index 0 is honoured
-    (it was tested by truthiness there, methods.md §4.4).
+    (it was tested by truthiness there, docs/methods.md §4.4).
 
     Parameters
     ----------
@@ -204,10 +220,15 @@ class MUTEX(AttentionAttribution):
         Head-fusion operators, each one multiplex (default ``("min", "max", "sum")``).
     interpolate_mode : str, optional
         Upsampling of the patch map; default ``"nearest"``, as MUTEX's insertion/deletion
-        evaluation (methods.md §7.3; the paper's plots also use bilinear).
+        evaluation (docs/methods.md §7.3; the paper's plots also use bilinear).
     impl : str
         Implementation of the pruning/centrality kernel (``"auto"``, ``"reference"``,
         ``"triton"``).
+    median : str
+        The ``median`` statistic for an even number of layers: ``"lower"`` middle value
+        (default; the official code's ``torch.median``) or ``"mean_of_middle"`` (the mean of
+        the two middle values, this package's behaviour before it followed the official
+        code); see :func:`node_statistics`.
 
     Raises
     ------
@@ -240,6 +261,7 @@ class MUTEX(AttentionAttribution):
         head_fusions: Sequence[str] = ("min", "max", "sum"),
         interpolate_mode: str | None = None,
         impl: str = "auto",
+        median: str = "lower",
     ) -> None:
         super().__init__(model, interpolate_mode)
         n = self.vit.num_blocks
@@ -252,12 +274,15 @@ class MUTEX(AttentionAttribution):
         if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int) or internal_batch_size < 1:
             raise ValueError(f"internal_batch_size must be a positive int, got {internal_batch_size!r}")
         fusions = tuple(head_fusions)
-        if not fusions or any(f not in HEAD_FUSIONS for f in fusions):
+        if not fusions:
             raise ValueError(f"head_fusions must be a non-empty sequence of {HEAD_FUSIONS}, got {head_fusions!r}")
-        if impl not in ("auto", "reference", "triton"):
-            raise ValueError(f"impl must be 'auto', 'reference' or 'triton', got {impl!r}")
+        for f in fusions:
+            check_head_fusion(f, "each head_fusions entry")
         self.min_cut, self.token_ratio, self.starting_layer = float(min_cut), float(token_ratio), starting_layer
-        self.internal_batch_size, self.head_fusions, self.impl = internal_batch_size, fusions, impl
+        self.internal_batch_size, self.head_fusions, self.impl = internal_batch_size, fusions, check_impl(impl)
+        if median not in MEDIANS:
+            raise ValueError(f"median must be one of {MEDIANS}, got {median!r}")
+        self.median = median
 
     @property
     def mask_names(self) -> list[str]:
@@ -272,7 +297,7 @@ class MUTEX(AttentionAttribution):
         stats = []
         for fusion in self.head_fusions:
             in_deg, out_deg = attention_graph_centralities(graph, fusion, self.min_cut, self.impl)
-            stats += [node_statistics(in_deg), node_statistics(out_deg)]  # each (9, B, n)
+            stats += [node_statistics(in_deg, self.median), node_statistics(out_deg, self.median)]  # (9, B, n) each
         scores = torch.cat(stats).transpose(0, 1)  # (B, M, n)
         return quantile_masks(scores, self.token_ratio)
 

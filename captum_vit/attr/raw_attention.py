@@ -1,4 +1,4 @@
-"""Raw attention (the "attention last layer" baseline of Chefer et al., methods.md §9)."""
+"""Raw attention (the "attention last layer" baseline of Chefer et al., docs/methods.md §9)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
-from captum_vit.kernels.rollout import fuse_heads
+from captum_vit.kernels._common import check_head_fusion, fuse_heads
 
 
 @register_method("raw_attention")
@@ -35,8 +35,6 @@ class RawAttention(AttentionAttribution):
     torch.Size([2, 3, 32, 32])
     """
 
-    class_specific = False
-
     def __init__(
         self, model: nn.Module, layer: int = -1, head_fusion: str = "mean", interpolate_mode: str | None = None
     ) -> None:
@@ -44,10 +42,8 @@ class RawAttention(AttentionAttribution):
         n = self.vit.num_blocks
         if not -n <= layer < n:
             raise ValueError(f"layer must be in [-{n}, {n}) for a {n}-block model, got {layer}")
-        if head_fusion not in ("mean", "max", "min", "sum"):
-            raise ValueError(f"head_fusion must be 'mean', 'max', 'min' or 'sum', got {head_fusion!r}")
         self.layer = layer % n
-        self.head_fusion = head_fusion
+        self.head_fusion = check_head_fusion(head_fusion)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
         attn, _ = self._attentions(x, target, forward_args, gradients=False)

@@ -1,4 +1,4 @@
-"""Attention rollout (Abnar & Zuidema, ACL 2020; methods.md §9)."""
+"""Attention rollout (Abnar & Zuidema, ACL 2020; docs/methods.md §9)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from torch import Tensor, nn
 
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
-from captum_vit.kernels._dispatch import check_impl
-from captum_vit.kernels.rollout import HEAD_FUSIONS, attention_rollout
+from captum_vit.kernels._common import check_head_fusion, check_impl
+from captum_vit.kernels.rollout import attention_rollout
 
 
 @register_method("rollout")
@@ -48,8 +48,6 @@ class AttentionRollout(AttentionAttribution):
     torch.Size([1, 2, 2])
     """
 
-    class_specific = False
-
     def __init__(
         self,
         model: nn.Module,
@@ -63,11 +61,10 @@ class AttentionRollout(AttentionAttribution):
         n = self.vit.num_blocks
         if not 0 <= start_layer < n:
             raise ValueError(f"start_layer must be in [0, {n}), got {start_layer}")
-        if head_fusion not in HEAD_FUSIONS:
-            raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
         if not 0.0 <= discard_ratio < 1.0:
             raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
-        self.start_layer, self.head_fusion, self.discard_ratio = start_layer, head_fusion, discard_ratio
+        self.start_layer, self.discard_ratio = start_layer, discard_ratio
+        self.head_fusion = check_head_fusion(head_fusion)
         self.impl = check_impl(impl)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:

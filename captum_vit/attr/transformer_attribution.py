@@ -1,8 +1,8 @@
-"""Transformer Attribution (Chefer, Gur & Wolf, CVPR 2021; methods.md §9) on a stock timm ViT."""
+"""Transformer Attribution (Chefer, Gur & Wolf, CVPR 2021; docs/methods.md §9) on a stock timm ViT."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +10,9 @@ from torch import Tensor, nn
 from captum_vit.attr._lrp import propagate
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
-from captum_vit.models.hooks import check_lrp_supported, record_lrp_trace
+from captum_vit.kernels._common import check_impl, fuse_heads
+from captum_vit.kernels.rollout import attention_rollout
+from captum_vit.models.lrp_trace import check_lrp_supported, record_lrp_trace
 
 METHODS = ("transformer_attribution", "rollout", "last_layer", "full")
 
@@ -53,6 +55,9 @@ class TransformerAttribution(AttentionAttribution):
     normalize_rows : bool
         Row-normalise each rollout factor (Abnar & Zuidema) instead of the paper's plain
         ``I + Ā``.
+    impl : str
+        Rollout kernel (:func:`captum_vit.kernels.attention_rollout`): ``"auto"`` (Triton on
+        CUDA tensors), ``"reference"`` or ``"triton"``.
     interpolate_mode : str, optional
         Upsampling of the patch map (default bilinear, as the paper).
 
@@ -85,8 +90,6 @@ class TransformerAttribution(AttentionAttribution):
     torch.Size([1, 32, 32])
     """
 
-    methods: ClassVar[tuple[str, ...]] = METHODS
-
     def __init__(
         self,
         model: nn.Module,
@@ -94,6 +97,7 @@ class TransformerAttribution(AttentionAttribution):
         start_layer: int = 1,
         alpha: float = 1.0,
         normalize_rows: bool = False,
+        impl: str = "auto",
         interpolate_mode: str | None = None,
     ) -> None:
         super().__init__(model, interpolate_mode)
@@ -106,6 +110,7 @@ class TransformerAttribution(AttentionAttribution):
         if not alpha >= 1.0:
             raise ValueError(f"alpha must be >= 1 (beta = alpha - 1 >= 0), got {alpha}")
         self.method, self.start_layer, self.alpha, self.normalize_rows = method, start_layer, alpha, normalize_rows
+        self.impl = check_impl(impl)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
         needs_grad = self.method == "transformer_attribution"
@@ -127,21 +132,13 @@ class TransformerAttribution(AttentionAttribution):
         size = (x.shape[-2], x.shape[-1])
         r_attn = [r for r in rel.attention if r is not None]
         if self.method == "last_layer":
-            return self._read_rows(r_attn[-1].clamp(min=0).mean(dim=1), size)
-        if grads is not None:
-            cams = [(g.to(r.dtype) * r).clamp(min=0).mean(dim=1) for g, r in zip(grads, r_attn)]
+            return self._read_rows(fuse_heads(r_attn[-1].clamp(min=0)), size)
+        if grads is not None:  # eq. 13 before the head mean: (∇A ⊙ R(A))⁺ per head
+            cams = [(g.to(r.dtype) * r).clamp(min=0) for g, r in zip(grads, r_attn)]
         else:
-            cams = [r.clamp(min=0).mean(dim=1) for r in r_attn]
-        return self._read_rows(self._rollout(cams), size)
-
-    def _rollout(self, cams: list[Tensor]) -> Tensor:
-        """``(Ā_{L-1} + I) ··· (Ā_start + I)`` for ``(B, N, N)`` factors (eq. 14)."""
-        eye = torch.eye(cams[0].shape[-1], dtype=cams[0].dtype, device=cams[0].device)
-        joint: Tensor | None = None
-        for cam in cams:
-            factor = cam + eye
-            if self.normalize_rows:
-                factor = factor / factor.sum(dim=-1, keepdim=True)
-            joint = factor if joint is None else torch.bmm(factor, joint)
-        assert joint is not None
-        return joint
+            cams = [r.clamp(min=0) for r in r_attn]
+        # eq. 14: Ā_l = I + mean_heads(cam_l), multiplied from start_layer to the last block
+        joint = attention_rollout(
+            torch.stack(cams), head_fusion="mean", impl=self.impl, row_normalize=self.normalize_rows
+        )
+        return self._read_rows(joint, size)

@@ -1,4 +1,4 @@
-"""Grad-CAM on ViT token activations (pytorch-grad-cam's ViT recipe, methods.md §9 (b))."""
+"""Grad-CAM on ViT token activations (pytorch-grad-cam's ViT recipe, docs/methods.md §9 (b))."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class ViTGradCAM(AttentionAttribution):
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
         with record_activations([self.layer]) as store:
             logits = self._forward(x.requires_grad_(True), forward_args)
-            act = store[0].get("activation")
+            act = store[0]
             if act is None or act.dim() != 3:
                 raise ValueError("layer must output (batch, tokens, dim) token activations")
             score, _ = self._target_score(logits, target)

@@ -1,5 +1,5 @@
 """COCO val2017 instance masks, with the union of all instances as foreground (LTX's
-``annToMask`` union, methods.md §7.5), decoded without pycocotools.
+``annToMask`` union, docs/methods.md §7.5), decoded without pycocotools.
 
 COCO stores a segmentation either as polygons (``[[x1, y1, x2, y2, ...], ...]`` in pixel
 coordinates, pixel ``(i, j)`` covering ``[j, j + 1) x [i, i + 1)``) or as a run-length

@@ -2,7 +2,7 @@
 
 Both yield ``(image, label, mask)`` as :mod:`captum_vit.data.loaders` describes, with
 ``label = -1`` (these sets carry no ImageNet class: the predicted class is explained,
-methods.md §7.5) and a binary foreground mask.
+docs/methods.md §7.5) and a binary foreground mask.
 """
 
 from __future__ import annotations

@@ -15,14 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-IMPLS = ("auto", "reference", "triton")
-
-
-def check_impl(impl: str) -> str:
-    """Validate an ``impl=`` argument at construction time (methods store it)."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    return impl
+from captum_vit.kernels._common import check_impl
 
 
 def triton_available() -> bool:
@@ -49,9 +42,7 @@ def use_triton(impl: str, *tensors: Tensor, differentiable: bool = False) -> boo
     >>> use_triton("auto", torch.zeros(2)), use_triton("reference", torch.zeros(2))
     (False, False)
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "reference":
+    if check_impl(impl) == "reference":
         return False
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if needs_grad and not differentiable:

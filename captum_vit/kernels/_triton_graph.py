@@ -29,7 +29,7 @@ def fuse_max_kernel(
     s_l, s_b, s_h, s_r, s_c,
     FUSION: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    """FUSION indexes ("mean", "max", "min", "sum") as rollout.HEAD_FUSIONS does. The attention
+    """FUSION indexes ("mean", "max", "min", "sum") as _common.HEAD_FUSIONS does. The attention
     stack is read through its strides, so a sliced view (prefix tokens dropped) needs no copy."""
     lb = tl.program_id(0).to(tl.int64)
     rb = tl.program_id(1)

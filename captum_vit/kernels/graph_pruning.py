@@ -1,6 +1,6 @@
 """Attention-graph pruning: head fusion, the ``min_cut`` threshold and degree centralities.
 
-MUTEX (Marchetti et al., NCA 2025; methods.md §4.1 steps 2–4) reads each layer's attention as
+MUTEX (Marchetti et al., NCA 2025; docs/methods.md §4.1 steps 2–4) reads each layer's attention as
 a weighted directed graph over the tokens: fuse the heads (min/max/sum), zero every edge below
 ``min_cut × (largest edge of that layer)``, then take each node's in-degree (column sum,
 attention received) and out-degree (row sum). The unfused torch sequence materialises the fused
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from captum_vit.kernels._common import HEAD_FUSIONS, accumulation_dtype, check_head_fusion, fuse_heads
 from captum_vit.kernels._dispatch import check_launchable, load_triton_module, use_triton
-from captum_vit.kernels.rollout import HEAD_FUSIONS, fuse_heads
 
 
 def _check(attentions: Tensor, head_fusion: str, min_cut: float) -> None:
@@ -24,8 +24,7 @@ def _check(attentions: Tensor, head_fusion: str, min_cut: float) -> None:
         )
     if not attentions.is_floating_point():
         raise TypeError(f"attentions must be floating point, got {attentions.dtype}")
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    check_head_fusion(head_fusion)
     if not 0.0 <= float(min_cut) <= 1.0:
         raise ValueError(f"min_cut must be in [0, 1], got {min_cut}")
 
@@ -37,7 +36,7 @@ def attention_graph_centralities_reference(
     _check(attentions, head_fusion, min_cut)
     # Half inputs are fused and summed in float32 on both paths (the threshold test is then
     # decided on the same values).
-    acc = torch.promote_types(attentions.dtype, torch.float32)
+    acc = accumulation_dtype(attentions.dtype)
     fused = fuse_heads(attentions.to(acc), head_fusion)  # (L, B, N, N)
     threshold = min_cut * fused.amax(dim=(-2, -1), keepdim=True)
     pruned = torch.where(fused >= threshold, fused, torch.zeros((), dtype=acc, device=fused.device))

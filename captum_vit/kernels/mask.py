@@ -2,7 +2,7 @@
 
 ``((x ⊙ M + (1 − M) ⊙ baseline) − mean) / std`` with ``M`` the mask upsampled to the image
 size. LTX/EEA multiplies the [0, 1] image by its bilinearly upsampled sigmoid mask (baseline 0,
-black) and then normalises (methods.md §2.2); Vision DiffMask and MUTEX's metrics upsample with
+black) and then normalises (docs/methods.md §2.2); Vision DiffMask and MUTEX's metrics upsample with
 nearest (§6.4, §7.3); ADP/PIC use the saliency map as a soft mask (§7.4). The fused Triton path
 reads each image once and writes the model input once; the backward gives the gradient with
 respect to the mask (and the images), which LTX and DiffMask training need.
@@ -16,16 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_vit.kernels._common import Baseline, accumulation_dtype, broadcast_baseline
 from captum_vit.kernels._dispatch import check_launchable, load_triton_module, use_triton
 
 MASK_MODES = ("bilinear", "nearest")
-
-Baseline = float | Tensor
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Half-precision inputs are computed in float32 on both paths, so they agree to a rounding.
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _check_inputs(images: Tensor, mask: Tensor, mode: str) -> Tensor:
@@ -43,23 +37,6 @@ def _check_inputs(images: Tensor, mask: Tensor, mode: str) -> Tensor:
     if mode not in MASK_MODES:
         raise ValueError(f"mode must be one of {MASK_MODES}, got {mode!r}")
     return mask
-
-
-def _baseline_4d(baseline: Baseline, images: Tensor, dtype: torch.dtype) -> Tensor:
-    """The baseline as a (possibly stride-0) view broadcast to ``images.shape``."""
-    b, c, h, w = images.shape
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.tensor(float(baseline), dtype=dtype, device=images.device).expand(b, c, h, w)
-    if not isinstance(baseline, Tensor):
-        raise TypeError(f"baseline must be a float or a tensor, got {type(baseline).__name__}")
-    base = baseline.to(device=images.device, dtype=dtype)
-    if base.dim() == 0:
-        return base.expand(b, c, h, w)
-    if base.dim() == 1 and base.shape[0] == c:
-        return base.view(1, c, 1, 1).expand(b, c, h, w)
-    if base.dim() == 4 and base.shape[0] in (1, b) and tuple(base.shape[1:]) == (c, h, w):
-        return base.expand(b, c, h, w)
-    raise ValueError(f"baseline must be a float, a ({c},) tensor or ({b} or 1, {c}, {h}, {w}), got {tuple(base.shape)}")
 
 
 def _channel_stats(
@@ -95,10 +72,10 @@ def apply_mask_reference(
     """Pure-torch :func:`apply_mask` (the spec the Triton path is tested against)."""
     mask = _check_inputs(images, mask, mode)
     out_dtype = torch.promote_types(images.dtype, mask.dtype)
-    acc = _acc_dtype(out_dtype)
+    acc = accumulation_dtype(out_dtype)
     b, c, h, w = images.shape
     m = upsample_mask(mask.to(acc), (h, w), mode).unsqueeze(1)
-    base = _baseline_4d(baseline, images, acc)
+    base = broadcast_baseline(baseline, images, acc)
     out = images.to(acc) * m + (1 - m) * base
     if mean is not None:
         out = out - _channel_stats(mean, 0.0, c, "mean", images.device).to(acc).view(1, c, 1, 1)
@@ -231,7 +208,7 @@ def apply_mask(
     References
     ----------
     Barkan, Asher, Eshel, Elisha & Koenigstein, "Learning to Explain" (LTX; mask application as
-    methods.md §2.2); Nalmpantis et al., "Vision DiffMask", CVPRW 2023 (nearest upsampling, §6.4).
+    docs/methods.md §2.2); Nalmpantis et al., "Vision DiffMask", CVPRW 2023 (nearest upsampling, §6.4).
 
     Examples
     --------
@@ -254,7 +231,7 @@ def apply_mask(
     if base_grad:
         raise ValueError("impl='triton' treats baseline as a constant; use impl='reference' to differentiate it")
     c = images.shape[1]
-    base = _baseline_4d(baseline, images, torch.float32).detach()
+    base = broadcast_baseline(baseline, images, torch.float32).detach()
     mean_t = _channel_stats(mean, 0.0, c, "mean", images.device)
     std_t = _channel_stats(std, 1.0, c, "std", images.device)
     return _ApplyMaskTriton.apply(images, mask3, base, mean_t, std_t, mode)

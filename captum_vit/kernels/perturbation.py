@@ -1,7 +1,7 @@
 """Perturbation batch: the K perturbed copies of each image for K removal fractions.
 
 The inner loop of the positive/negative perturbation test (Chefer et al. CVPR 2021, reused by
-LTX, IIA, T-Attr and GAE; methods.md §7.1), LTX's insertion/deletion (§7.2) and MUTEX's
+LTX, IIA, T-Attr and GAE; docs/methods.md §7.1), LTX's insertion/deletion (§7.2) and MUTEX's
 deletion (§7.3): for removal fraction p, set all channels of the ``round(p·H·W)`` highest- (or
 lowest-) ranked pixels to the baseline. Every fraction is computed from the clean image, so the
 removal sets are nested. The fused Triton path reads each image and its rank once and writes the
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from captum_vit.kernels._common import Baseline, broadcast_baseline
 from captum_vit.kernels._dispatch import check_launchable, load_triton_module, use_triton
-from captum_vit.kernels.mask import Baseline, _baseline_4d
 
 
 def _check(images: Tensor, scores: Tensor, fractions: Sequence[float] | Tensor) -> list[float]:
@@ -75,7 +75,7 @@ def perturbation_batch_reference(
     fr = _check(images, scores, fractions)
     b, c, h, w = images.shape
     ranks = pixel_ranks(scores, most_relevant_first).view(b, 1, h, w)
-    base = _baseline_4d(baseline, images, images.dtype)
+    base = broadcast_baseline(baseline, images, images.dtype)
     outs = [torch.where(ranks < k, base, images) for k in removal_counts(fr, h * w)]
     return torch.stack(outs)
 
@@ -122,7 +122,7 @@ def perturbation_batch(
     References
     ----------
     Chefer, Gur & Wolf, "Transformer Interpretability Beyond Attention Visualization",
-    CVPR 2021, §4 (perturbation tests; methods.md §7.1).
+    CVPR 2021, §4 (perturbation tests; docs/methods.md §7.1).
 
     Examples
     --------
@@ -142,7 +142,7 @@ def perturbation_batch(
     b, c, h, w = images.shape
     ranks = pixel_ranks(scores, most_relevant_first)
     counts = torch.tensor(removal_counts(fr, h * w), dtype=torch.int64, device=images.device)
-    base = _baseline_4d(baseline, images, images.dtype)
+    base = broadcast_baseline(baseline, images, images.dtype)
     images_c = images.contiguous()
     check_launchable(kern.perturbation_fwd, images_c, ranks, base)
     return kern.launch(images_c, ranks, counts, base)

@@ -10,22 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from captum_vit.kernels._common import fuse_heads
 from captum_vit.kernels._dispatch import check_launchable, load_triton_module, use_triton
-
-HEAD_FUSIONS = ("mean", "max", "min", "sum")
-
-
-def fuse_heads(attn: Tensor, head_fusion: str = "mean") -> Tensor:
-    """Fuse ``(..., heads, N, N)`` over the head axis (dim -3)."""
-    if head_fusion == "mean":
-        return attn.mean(dim=-3)
-    if head_fusion == "max":
-        return attn.amax(dim=-3)
-    if head_fusion == "min":
-        return attn.amin(dim=-3)
-    if head_fusion == "sum":
-        return attn.sum(dim=-3)
-    raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
 
 
 def _discard_smallest(fused: Tensor, discard_ratio: float) -> Tensor:

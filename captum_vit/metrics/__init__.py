@@ -1,11 +1,10 @@
-"""Faithfulness and localisation metrics, reproducing the papers' protocols (methods.md §7).
+"""Faithfulness and localisation metrics, reproducing the papers' protocols (docs/methods.md §7).
 
 Every metric takes images in ``[0, 1]`` pixel space, input-shaped attributions and the
 model's normalisation (``model.pretrained_cfg`` by default), and runs all removal levels of
 a batch through the model as batched forward passes.
 """
 
-from captum_vit.metrics._common import model_normalization
 from captum_vit.metrics.adp_pic import adp_pic
 from captum_vit.metrics.baselines import BASELINES, removal_baseline
 from captum_vit.metrics.class_sensitivity import class_sensitivity
@@ -26,6 +25,7 @@ from captum_vit.metrics.segmentation import (
     segmentation_scores,
     segmentation_stats,
 )
+from captum_vit.models.preprocess import model_normalization  # the one helper, re-exported for metric users
 
 __all__ = [
     "BASELINES",

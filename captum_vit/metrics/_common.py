@@ -8,50 +8,10 @@ statistics).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
-Stats = Sequence[float] | Tensor | None
-
-
-def model_normalization(model: nn.Module, mean: Stats = None, std: Stats = None) -> tuple[Tensor, Tensor]:
-    """The per-channel ``(mean, std)`` the model expects, as ``(C,)`` float tensors.
-
-    Explicit ``mean``/``std`` win; otherwise they come from ``model.pretrained_cfg`` (timm's
-    convention); a model without one is assumed to take raw pixels (mean 0, std 1).
-
-    Raises
-    ------
-    ValueError
-        If ``std`` has a non-positive entry or ``mean`` and ``std`` differ in length.
-
-    Examples
-    --------
-    >>> import timm
-    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, img_size=32)
-    >>> model_normalization(m)
-    (tensor([0.5000, 0.5000, 0.5000]), tensor([0.5000, 0.5000, 0.5000]))
-    """
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if mean is None:
-        mean = cfg.get("mean", (0.0, 0.0, 0.0))
-    if std is None:
-        std = cfg.get("std", (1.0, 1.0, 1.0))
-    m = torch.as_tensor(mean, dtype=torch.float32).flatten()
-    s = torch.as_tensor(std, dtype=torch.float32).flatten()
-    if m.shape != s.shape:
-        raise ValueError(f"mean and std must have the same length, got {m.numel()} and {s.numel()}")
-    if (s <= 0).any():
-        raise ValueError(f"std must be positive, got {s.tolist()}")
-    return m, s
-
-
-def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """``(images - mean) / std`` per channel (channel axis -3)."""
-    shape = (-1, 1, 1)
-    return (images - mean.to(images).view(shape)) / std.to(images).view(shape)
+from captum_vit.models.preprocess import model_logits
 
 
 def check_images(images: object, name: str = "images") -> Tensor:
@@ -129,7 +89,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 #: Images per forward pass when a metric's ``batch_size`` is ``None``. Measured on the shipped
-#: ViT (benchmarks/test_bench_metrics.py): one pass over a 320-image removal stack was 1.2-1.3x
+#: ViT (benchmarks/speed/test_bench_metrics.py): one pass over a 320-image removal stack was 1.2-1.3x
 #: slower on CPU than passes of 32-64 images (the activations no longer fit in cache), while
 #: passes of >= 8 images already run at full throughput.
 DEFAULT_FORWARD_BATCH = 64
@@ -155,10 +115,7 @@ def class_probabilities(model: nn.Module, inputs: Tensor, labels: Tensor, batch_
     device = model_device(model)
     outs = []
     for start in range(0, flat.shape[0], step):
-        logits = model(flat[start : start + step].to(device))
-        if isinstance(logits, tuple):  # distilled DeiT in distillation mode
-            logits = sum(logits) / len(logits)
-        outs.append(logits.float())
+        outs.append(model_logits(model(flat[start : start + step].to(device))).float())
     logits = torch.cat(outs).reshape(*inputs.shape[:-3], -1)
     lab = labels.to(logits.device).expand(*logits.shape[:-1]).unsqueeze(-1)
     prob = logits.softmax(-1).gather(-1, lab).squeeze(-1)

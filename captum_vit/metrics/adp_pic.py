@@ -1,5 +1,5 @@
 """Average Drop (ADP) and Percentage Increase in Confidence (PIC), as LTX/EEA compute them
-(methods.md §7.4).
+(docs/methods.md §7.4).
 
 The saliency map ``S`` in ``[0, 1]`` is used as a soft multiplicative mask in pixel space:
 ``O = p(c | x * S + (1 - S) * baseline)`` against ``Y = p(c | x)``, with the baseline black
@@ -17,16 +17,14 @@ from torch import Tensor, nn
 
 from captum_vit.kernels import apply_mask
 from captum_vit.metrics._common import (
-    Stats,
     attribution_map,
     check_images,
     check_labels,
     class_probabilities,
     min_max,
-    model_normalization,
-    normalize,
 )
 from captum_vit.metrics.baselines import BaselineSpec, removal_baseline
+from captum_vit.models.preprocess import Stats, model_normalization, normalize
 
 
 def adp_pic(

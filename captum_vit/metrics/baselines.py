@@ -1,6 +1,6 @@
 """Removal baselines: what a "removed" pixel becomes, stated in ``[0, 1]`` pixel space.
 
-The papers disagree (methods.md §10.3): Chefer's perturbation test and LTX use black pixels;
+The papers disagree (docs/methods.md §10.3): Chefer's perturbation test and LTX use black pixels;
 IIA and MUTEX's "black" set the *normalised* value to 0, which is the channel mean (grey for
 mean = std = 0.5); MUTEX also offers the image mean and a Gaussian blur; Vision DiffMask's
 curves use uniform noise. Each is available by name, and a float or tensor is taken as is.
@@ -15,7 +15,7 @@ from torchvision.transforms.functional import gaussian_blur
 #: Names accepted by :func:`removal_baseline`.
 BASELINES = ("black", "zero", "mean", "blur", "uniform")
 
-#: MUTEX's blur (methods.md §7.3): Gaussian kernel 15, sigma 7.
+#: MUTEX's blur (docs/methods.md §7.3): Gaussian kernel 15, sigma 7.
 BLUR_KERNEL_SIZE, BLUR_SIGMA = 15, 7.0
 
 BaselineSpec = str | float | Tensor

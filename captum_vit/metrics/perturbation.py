@@ -1,5 +1,5 @@
 """Positive/negative perturbation AUC (Chefer et al. 2021) and LTX's probability
-deletion/insertion (methods.md §7.1-7.2).
+deletion/insertion (docs/methods.md §7.1-7.2).
 
 Protocol, as the official code implements it: rank the pixels by the attribution map; for
 each fraction p in 0.1, ..., 0.9 set the top ``round(p * H * W)`` pixels (POS: the most
@@ -23,16 +23,14 @@ from torch import Tensor, nn
 
 from captum_vit.kernels import perturbation_batch
 from captum_vit.metrics._common import (
-    Stats,
     attribution_map,
     check_images,
     check_labels,
     class_probabilities,
-    model_normalization,
-    normalize,
     trapezoid_auc,
 )
 from captum_vit.metrics.baselines import BaselineSpec, removal_baseline
+from captum_vit.models.preprocess import Stats, model_normalization, normalize
 
 #: Removal fractions of Chefer's test (x = 0, the clean image, is added in front).
 CHEFER_FRACTIONS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 10))
@@ -121,7 +119,7 @@ def perturbation_curves(
     References
     ----------
     Chefer, Gur & Wolf, "Transformer Interpretability Beyond Attention Visualization", CVPR
-    2021, §5 (perturbation tests); methods.md §7.1-7.2.
+    2021, §5 (perturbation tests); docs/methods.md §7.1-7.2.
 
     Examples
     --------

@@ -1,11 +1,11 @@
-"""RISE-style insertion and deletion as MUTEX evaluates them (methods.md §7.3).
+"""RISE-style insertion and deletion as MUTEX evaluates them (docs/methods.md §7.3).
 
 Deletion replaces the top-p% pixels of the attribution ranking by the baseline; insertion
 starts from the all-baseline canvas and reveals the top-p% pixels of the image. The score is
 the softmax probability of the label, at p in 1, 5, 10, 20, ..., 100 percent, and the AUC is
 the trapezoid rule over x **in percent** (so it lies in ``[0, 100]``).
 
-MUTEX's code prepends the point (0, 0) to the deletion curve (methods.md §4.4 item 4), which
+MUTEX's code prepends the point (0, 0) to the deletion curve (docs/methods.md §4.4 item 4), which
 biases the deletion AUC by ignoring the clean image's confidence. Here both curves start at
 x = 0 with the real probability: the clean image for deletion, the blank canvas for
 insertion. ``legacy_zero_origin=True`` reproduces MUTEX instead (deletion starts at (0, 0),
@@ -22,16 +22,14 @@ from torch import Tensor, nn
 
 from captum_vit.kernels import perturbation_batch
 from captum_vit.metrics._common import (
-    Stats,
     attribution_map,
     check_images,
     check_labels,
     class_probabilities,
-    model_normalization,
-    normalize,
     trapezoid_auc,
 )
 from captum_vit.metrics.baselines import BaselineSpec, removal_baseline
+from captum_vit.models.preprocess import Stats, model_normalization, normalize
 
 #: MUTEX's percentages.
 RISE_PERCENTAGES: tuple[float, ...] = (1.0, 5.0, *(10.0 * i for i in range(1, 11)))
@@ -107,7 +105,7 @@ def rise_curves(
     References
     ----------
     Petsiuk, Das & Saenko, "RISE: Randomized Input Sampling for Explanation of Black-box
-    Models", BMVC 2018, §4.1; MUTEX's ``get_insertion_deletion`` (methods.md §7.3).
+    Models", BMVC 2018, §4.1; MUTEX's ``get_insertion_deletion`` (docs/methods.md §7.3).
 
     Examples
     --------

@@ -1,4 +1,4 @@
-"""Segmentation metrics of an attribution map against a foreground mask (methods.md §7.5).
+"""Segmentation metrics of an attribution map against a foreground mask (docs/methods.md §7.5).
 
 Chefer's protocol (reused by LTX and IIA): min-max normalise the input-sized map ``R``;
 foreground = ``R > mean(R)``. Pixel accuracy and mIoU are accumulated over the whole dataset

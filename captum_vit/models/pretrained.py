@@ -1,21 +1,20 @@
-"""Trained models shipped inside the package, loaded offline with a checksum check.
+"""Load registered weights offline, with a checksum check.
 
-``captum_vit/weights/manifest.json`` is the single source of truth: one entry per name,
-holding the safetensors file, its sha256, how to build the architecture (a timm model name
-and its keyword arguments, or a ``"module:function"`` builder), the preprocessing that goes
-into ``model.pretrained_cfg``, the class names and how the weights were produced (command,
-training time, held-out accuracy). Shipping another model is one more entry plus its file;
-code that builds its own module can reuse :func:`load_verified_state_dict`.
+What is registered, and where, is :mod:`captum_vit.models.registry`: the shipped manifest
+``captum_vit/weights/manifest.json`` and the user registry that ``--register NAME`` writes to.
+:func:`load_pretrained` builds the module an entry describes (a plain timm classifier, an
+LTX/EEA explainer network or Vision DiffMask gates) and loads its verified weights. Code that
+builds its own module can reuse :func:`load_verified_state_dict`.
 
-The synthetic-benchmark models are trained by ``captum-vit train-models``
-(:mod:`captum_vit.training.train_classifier`).
+The shipped synthetic-benchmark classifiers are trained by ``captum-vit train-models``, their
+explainers by ``captum-vit pretrain-ltx`` and ``captum-vit train-diffmask``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,70 +23,41 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-MANIFEST_NAME = "manifest.json"
+from captum_vit.models.registry import WeightsEntry, all_entries, find_entry, sha256_file
+
+#: Where the module of each explainer kind is built from a registry entry (imported on use:
+#: the explainers stand on ``models``, not the other way round).
+_EXPLAINER_LOADERS = {
+    "pltx": "captum_vit.explainers.registry:load_registered",
+    "diffmask": "captum_vit.explainers.registry:load_registered",
+}
 
 
 class ChecksumError(ValueError):
     """A weights file whose sha256 differs from the manifest's (corrupt or tampered)."""
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def list_pretrained(weights_dir: str | os.PathLike[str] | None = None, kind: str | None = None) -> list[str]:
+    """Names accepted by :func:`load_pretrained` (user registry and shipped), sorted.
 
-
-def read_manifest(weights_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """The manifest's entries, ``name -> entry`` (empty when no manifest exists yet)."""
-    path = Path(weights_dir or WEIGHTS_DIR) / MANIFEST_NAME
-    if not path.exists():
-        return {}
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    return dict(data.get("models", {}))
-
-
-def write_manifest_entry(name: str, entry: dict[str, Any], weights_dir: str | Path | None = None) -> None:
-    """Add or replace one entry, keeping every other entry (used by the training commands)."""
-    directory = Path(weights_dir or WEIGHTS_DIR)
-    directory.mkdir(parents=True, exist_ok=True)
-    models = read_manifest(directory)
-    models[name] = entry
-    with open(directory / MANIFEST_NAME, "w", encoding="utf-8") as f:
-        json.dump({"format": 1, "models": dict(sorted(models.items()))}, f, indent=2)
-        f.write("\n")
-
-
-def list_pretrained(weights_dir: str | Path | None = None) -> list[str]:
-    """Names accepted by :func:`load_pretrained`, sorted.
+    Parameters
+    ----------
+    weights_dir : str or Path, optional
+        Search only this registry folder.
+    kind : str, optional
+        Only entries of this kind (``"classifier"``, ``"pltx"``, ``"diffmask"``).
 
     Examples
     --------
-    >>> {"synthetic-vit", "synthetic-resnet"} <= set(list_pretrained())
+    >>> {"synthetic-vit", "synthetic-resnet"} <= set(list_pretrained(kind="classifier"))
     True
     """
-    return sorted(read_manifest(weights_dir))
+    return [n for n, e in all_entries(weights_dir).items() if kind is None or e.kind == kind]
 
 
-def pretrained_entry(name: str, weights_dir: str | Path | None = None) -> dict[str, Any]:
-    """The manifest entry of ``name``.
-
-    Raises
-    ------
-    ValueError
-        If ``name`` is not in the manifest (the message lists the known names).
-    """
-    models = read_manifest(weights_dir)
-    if name not in models:
-        raise ValueError(f"unknown pretrained model name {name!r}; known names: {sorted(models)}")
-    return models[name]
-
-
-def load_verified_state_dict(path: str | Path, sha256: str, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+def load_verified_state_dict(
+    path: str | os.PathLike[str], sha256: str, dtype: torch.dtype = torch.float32
+) -> dict[str, Tensor]:
     """Check a safetensors file against its sha256, then load it on the CPU.
 
     Parameters
@@ -123,48 +93,60 @@ def load_verified_state_dict(path: str | Path, sha256: str, dtype: torch.dtype =
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
-def build_architecture(entry: dict[str, Any]) -> nn.Module:
-    """An untrained model of the entry's architecture, with its ``pretrained_cfg`` set.
+def build_architecture(spec: WeightsEntry | Mapping[str, Any]) -> nn.Module:
+    """An untrained timm classifier of a registered architecture, with its ``pretrained_cfg`` set.
 
-    ``entry["builder"]`` (``"package.module:function"``) takes precedence; otherwise
-    ``timm.create_model(entry["timm_name"], pretrained=False, **entry["kwargs"])`` with the
-    entry's preprocessing as timm's ``pretrained_cfg_overlay`` (no download is attempted).
+    ``timm.create_model(spec["timm_name"], pretrained=False, **spec["kwargs"])`` with the
+    preprocessing ``spec["pretrained_cfg"]`` as timm's ``pretrained_cfg_overlay`` (no download
+    is attempted). ``spec`` is a classifier's :class:`WeightsEntry` or its
+    :meth:`~WeightsEntry.architecture` mapping.
     """
-    kwargs = dict(entry.get("kwargs", {}))
-    cfg = dict(entry.get("pretrained_cfg", {}))
+    arch = spec.architecture() if isinstance(spec, WeightsEntry) else spec
+    cfg = dict(arch.get("pretrained_cfg") or {})
     for key in ("input_size", "mean", "std"):
         if key in cfg:
             cfg[key] = tuple(cfg[key])
-    if "builder" in entry:
-        module_name, _, fn_name = entry["builder"].partition(":")
-        model: nn.Module = getattr(importlib.import_module(module_name), fn_name)(**kwargs)
-        model.pretrained_cfg = cfg  # type: ignore[assignment]
-        return model
     # Clear timm's hub/url fields: these weights are ours, not the named ImageNet checkpoint.
-    overlay = dict(cfg, url="", hf_hub_id=None, tag=entry.get("tag", "synthetic"), test_input_size=None)
-    return timm.create_model(entry["timm_name"], pretrained=False, pretrained_cfg_overlay=overlay, **kwargs)
+    overlay = dict(cfg, url="", hf_hub_id=None, tag="synthetic", test_input_size=None)
+    kwargs = dict(arch.get("kwargs") or {})
+    return timm.create_model(str(arch["timm_name"]), pretrained=False, pretrained_cfg_overlay=overlay, **kwargs)
 
 
-def load_pretrained(name: str, weights_dir: str | Path | None = None) -> nn.Module:
-    """Load a shipped trained model offline.
+def load_entry(entry: WeightsEntry) -> nn.Module:
+    """The module of a registry entry with its verified weights, in eval mode, float32 on the CPU."""
+    if entry.kind != "classifier":
+        module_name, _, fn_name = _EXPLAINER_LOADERS[entry.kind].partition(":")
+        explainer: nn.Module = getattr(importlib.import_module(module_name), fn_name)(entry)
+        return explainer
+    state = load_verified_state_dict(entry.path, entry.sha256)
+    model = build_architecture(entry)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_pretrained(name: str, weights_dir: str | os.PathLike[str] | None = None) -> nn.Module:
+    """Load registered weights offline (shipped, or registered by the user).
 
     Parameters
     ----------
     name : str
-        One of :func:`list_pretrained`, e.g. ``"synthetic-vit"`` or ``"synthetic-resnet"``.
+        One of :func:`list_pretrained`, e.g. ``"synthetic-vit"``, ``"synthetic-resnet"`` or an
+        explainer such as ``"synthetic-vit-pltx"``.
     weights_dir : str or Path, optional
-        Folder holding ``manifest.json`` and the weights (default: the package's).
+        Search only this registry folder (default: the user registry, then the package's).
 
     Returns
     -------
     nn.Module
-        The plain timm model in eval mode, float32 on the CPU; ``model.pretrained_cfg``
-        holds ``mean``, ``std``, ``input_size`` and ``num_classes`` as timm does.
+        In eval mode, float32 on the CPU. A classifier is a plain timm model whose
+        ``pretrained_cfg`` holds ``mean``, ``std``, ``input_size`` and ``num_classes`` as timm's;
+        an explainer is a :class:`~captum_vit.explainers.ViTExplainer` /
+        :class:`~captum_vit.explainers.CNNExplainer` or :class:`~captum_vit.explainers.DiffMaskGates`.
 
     Raises
     ------
     ValueError
-        If ``name`` is unknown (the message lists the known names).
+        If ``name`` is unknown (the message lists the known names), or a manifest is corrupt.
     FileNotFoundError
         If the weights file is missing.
     ChecksumError
@@ -179,9 +161,4 @@ def load_pretrained(name: str, weights_dir: str | Path | None = None) -> nn.Modu
     >>> model(torch.rand(1, 3, 64, 64)).shape
     torch.Size([1, 5])
     """
-    entry = pretrained_entry(name, weights_dir)
-    directory = Path(weights_dir or WEIGHTS_DIR)
-    state = load_verified_state_dict(directory / entry["file"], entry["sha256"])
-    model = build_architecture(entry)
-    model.load_state_dict(state)
-    return model.eval()
+    return load_entry(find_entry(name, weights_dir))

@@ -1,364 +1,287 @@
-"""Vision DiffMask: gate networks, the hard-concrete distribution and the Lagrangian objective.
+"""``captum-vit train-diffmask``: train Vision DiffMask gates for a registered ViT.
 
-Vision DiffMask (Nalmpantis et al., CVPRW 2023; methods.md §6) adapts DiffMask (De Cao et al.,
-EMNLP 2020) to ViTs. Small gate networks read the frozen ViT's hidden states and predict, per
-patch, whether the patch-embedding output may be replaced by one learned placeholder vector
-without moving the output distribution further than a KL tolerance ε. Training minimises the
-expected number of kept patches under that constraint, with one Lagrange multiplier per hidden
-state.
+Trains :class:`~captum_vit.explainers.DiffMaskObjective` (gates, placeholder and Lagrange
+multipliers) on the synthetic benchmark's training split with the shared
+:class:`~captum_vit.training.trainer.Trainer` (progress bar, atomic ``last.pt`` checkpoints,
+``--resume``, ``torchrun`` multi-process training) and :class:`LookaheadAdam`, the official
+optimiser. ``--out DIR`` receives the checkpoints and the selected gates as
+``best.safetensors`` (``VisionDiffMask(model, gates="DIR/best.safetensors")``); ``--register
+NAME`` also adds them to the user registry, where ``VisionDiffMask(model)`` finds them by the
+model's weights fingerprint.
 
-This module holds the model and the loss; :mod:`captum_vit.training.diffmask_train` trains it,
-:class:`captum_vit.attr.VisionDiffMask` turns trained gates into attributions.
+Defaults are the official command line's: α₀ 20, lr 2e-5, ε 0.1, placeholder lr 1e-3,
+multiplier lr 0.3, gate scale 15 and offset 8, batch 32, seed 123, 5 epochs, 1,200 warm-up
+steps for the gates and the placeholder.
+
+Model selection follows the official code: the validation value (on
+:data:`~captum_vit.data.splits.DIFFMASK_VAL_SEED` images) is the mean expected L0 when the
+held-out KL is at most ``--select-max-kl`` (official 0.8) and the agreement of masked and
+original predictions at least ``--select-min-acc`` (0.75); otherwise infinity.
+
+Examples
+--------
+>>> p = argparse.ArgumentParser()
+>>> add_arguments(p)
+>>> a = p.parse_args([])
+>>> a.epsilon, a.lr, a.alpha, a.batch_size, a.seed
+(0.1, 2e-05, 20.0, 32, 123)
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-from collections.abc import Iterable
+import argparse
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
-from torch.nn.utils.parametrizations import weight_norm
 
-from captum_vit.models.hooks import record_hidden_states, replace_patch_embeddings
-from captum_vit.models.vit import ViTAdapter
-from captum_vit.training.diffmask_hard_concrete import (
-    STRETCH_HIGH,
-    STRETCH_LOW,
-    TEMPERATURE,
-    expected_keep,
-    hard_concrete_sample,
-    log_prob_nonzero,
+from captum_vit._cli_common import output_dir, positive_int, wrote
+from captum_vit.data.splits import DIFFMASK_VAL_SEED, EXPLAINER_TRAIN_SEED, HELD_OUT_SEED
+from captum_vit.training._common import (
+    add_register_arguments,
+    check_register,
+    command_line,
+    registered_model,
+    registry_folder,
 )
-from captum_vit.training.diffmask_optim import LookaheadAdam
 
-__all__ = [
-    "STRETCH_HIGH",
-    "STRETCH_LOW",
-    "TEMPERATURE",
-    "DiffMaskGates",
-    "DiffMaskObjective",
-    "GateNetwork",
-    "LookaheadAdam",
-    "expected_keep",
-    "hard_concrete_sample",
-    "kl_divergence",
-    "log_prob_nonzero",
-    "model_fingerprint",
-]
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from captum_vit.explainers.diffmask_objective import DiffMaskObjective
 
 
-class GateNetwork(nn.Module):
-    """One gate: ``concat(h_0, h_i)`` → weight-norm Linear(2d→d/4) → tanh → weight-norm
-    Linear(d/4→1) → tanh → ``× mul_activation + add_activation`` (a learnable scalar).
-    The output is one hard-concrete logit per token (methods.md §6.2)."""
+class LookaheadAdam(torch.optim.Adam):
+    """Adam with Lookahead (Zhang et al., NeurIPS 2019): every ``k`` steps the weights move
+    ``la_alpha`` of the way from the slow copy to the fast ones and both continue from there.
 
-    def __init__(self, embed_dim: int, mul_activation: float = 15.0, add_activation: float = 8.0) -> None:
-        super().__init__()
-        hidden = max(1, embed_dim // 4)
-        self.net = nn.Sequential(
-            weight_norm(nn.Linear(2 * embed_dim, hidden)),
-            nn.Tanh(),
-            weight_norm(nn.Linear(hidden, 1)),
-            nn.Tanh(),
-        )
-        self.mul_activation = mul_activation
-        self.add_activation = nn.Parameter(torch.tensor(float(add_activation)))
-
-    def forward(self, h0: Tensor, hi: Tensor) -> Tensor:
-        return self.net(torch.cat([h0, hi], dim=-1)).squeeze(-1) * self.mul_activation + self.add_activation
-
-
-class DiffMaskGates(nn.Module):
-    """All gate networks of one explainee plus the learned placeholder vector.
-
-    Parameters
-    ----------
-    embed_dim : int
-        The ViT's token width ``d``.
-    num_states : int
-        Hidden states read: ``num_blocks + 2`` (patch embedding, each block's input, the last
-        block's output).
-    mul_activation, add_activation : float
-        Gate output scale and initial offset (the paper's CLI defaults 15 and 8, methods.md §6.3).
-    placeholder : bool
-        Learn the placeholder (Xavier-normal init); ``False`` uses a fixed zero vector
-        (the official ``--no_placeholder``).
-    fingerprint : str
-        :func:`model_fingerprint` of the explainee the gates were trained for ("" if unknown).
+    A parameter group may carry ``bounds=(low, high)``: its parameters are clipped after
+    every step (the projection of the Lagrange multipliers). The slow weights live in the
+    optimiser state, so ``state_dict()`` checkpoints them.
 
     Examples
     --------
-    >>> import timm
-    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
-    ...                       depth=2, img_size=32).eval()
-    >>> gates = DiffMaskGates.for_model(m, seed=0)
-    >>> with torch.no_grad():
-    ...     logits = gates.gate_logits(m, torch.rand(2, 3, 32, 32))
-    >>> tuple(logits.shape)  # (hidden states, batch, patches)
-    (4, 2, 4)
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = LookaheadAdam([{"params": [w], "lr": 1.0, "maximize": True, "bounds": (0.0, 1.5)}], k=2)
+    >>> for _ in range(2):
+    ...     w.grad = torch.tensor([1.0])
+    ...     opt.step()
+    >>> w  # two ascent steps clipped to 1.5, then halfway back to the slow weight 1.0
+    Parameter containing:
+    tensor([1.2500], requires_grad=True)
     """
 
-    def __init__(
-        self,
-        embed_dim: int,
-        num_states: int,
-        mul_activation: float = 15.0,
-        add_activation: float = 8.0,
-        placeholder: bool = True,
-        fingerprint: str = "",
-    ) -> None:
-        super().__init__()
-        if embed_dim < 1 or num_states < 1:
-            raise ValueError(f"embed_dim and num_states must be positive, got {embed_dim}, {num_states}")
-        self.config = dict(
-            embed_dim=int(embed_dim),
-            num_states=int(num_states),
-            mul_activation=float(mul_activation),
-            add_activation=float(add_activation),
-            placeholder=bool(placeholder),
-        )
-        self.fingerprint = fingerprint
-        self.gates = nn.ModuleList(GateNetwork(embed_dim, mul_activation, add_activation) for _ in range(num_states))
-        value = torch.empty(1, 1, embed_dim)
-        if placeholder:
-            self.placeholder = nn.Parameter(nn.init.xavier_normal_(value))
-        else:
-            self.register_buffer("placeholder", value.zero_())
+    def __init__(self, params: Any, k: int = 6, la_alpha: float = 0.5, **kwargs: Any) -> None:
+        if k < 1 or not 0.0 < la_alpha <= 1.0:
+            raise ValueError(f"lookahead needs k >= 1 and 0 < la_alpha <= 1, got k={k}, la_alpha={la_alpha}")
+        super().__init__(params, **kwargs)
+        self.lookahead_k, self.la_alpha = k, la_alpha
 
-    @classmethod
-    def for_model(cls, model: nn.Module, seed: int | None = None, **kwargs: Any) -> DiffMaskGates:
-        """Untrained gates sized for ``model``; with ``seed`` the initialisation is
-        deterministic and the caller's global RNG is left as it was."""
-        adapter = ViTAdapter(model)
-        embed_dim = _token_width(adapter)
-        kwargs.setdefault("fingerprint", model_fingerprint(model))
-        if seed is None:
-            return cls(embed_dim, adapter.num_blocks + 2, **kwargs)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return cls(embed_dim, adapter.num_blocks + 2, **kwargs)
-
-    def check_model(self, model: nn.Module) -> ViTAdapter:
-        """The model's adapter, after checking the gates fit its width and depth."""
-        adapter = ViTAdapter(model)
-        d = _token_width(adapter)
-        k = adapter.num_blocks + 2
-        if (d, k) != (self.config["embed_dim"], self.config["num_states"]):
-            raise ValueError(
-                f"gates were built for embed_dim={self.config['embed_dim']} and "
-                f"{self.config['num_states']} hidden states; the model has {d} and {k}"
-            )
-        return adapter
-
-    def gate_logits(self, model: nn.Module, x: Tensor, forward_args: tuple[Any, ...] = ()) -> Tensor:
-        """Run ``model`` once (without gradient) and return the ``(states, B, patches)`` gate
-        logits; :meth:`logits_and_output` also returns the model output."""
-        return self.logits_and_output(model, x, forward_args)[0]
-
-    def logits_and_output(
-        self, model: nn.Module, x: Tensor, forward_args: tuple[Any, ...] = ()
-    ) -> tuple[Tensor, Tensor]:
-        """Gate logits ``(states, B, patches)`` and the unmasked model output ``(B, classes)``.
-
-        The ViT runs without gradient (it is frozen, methods.md §6.1); the gate networks run
-        with gradient when it is enabled. Prefix-token positions get no gate: the placeholder
-        only replaces patch tokens.
-        """
-        adapter = self.check_model(model)
-        p = adapter.num_prefix_tokens
-        with torch.no_grad(), record_hidden_states(adapter) as hs:
-            out = _logits(model(x, *forward_args))
-        states = [s for s in hs.states if s is not None]
-        if len(states) != len(self.gates):
-            raise RuntimeError(f"recorded {len(states)} hidden states, expected {len(self.gates)}")
-        h0 = states[0].detach()
-        patches = [h0] + [s.detach()[:, p:] for s in states[1:]]
-        return torch.stack([g(h0, h) for g, h in zip(self.gates, patches, strict=True)]), out
-
-    def masked_output(self, model: nn.Module, x: Tensor, keep: Tensor, forward_args: tuple[Any, ...] = ()) -> Tensor:
-        """Model output with each patch embedding ``h`` replaced by ``keep*h + (1-keep)*b``
-        (``keep``: ``(B, patches)`` in [0, 1]; ``b`` the placeholder; methods.md §6.1)."""
-
-        def mix(h: Tensor) -> Tensor:
-            g = keep.to(h.dtype).unsqueeze(-1)
-            return g * h + (1 - g) * self.placeholder.to(h.dtype)
-
-        with replace_patch_embeddings(model, mix):
-            return _logits(model(x, *forward_args))
-
-    # ----------------------------------------------------------------- persistence
-    def save(self, path: str | Path) -> None:
-        """Write the gates as safetensors, with the configuration in the file's metadata."""
-        meta = {"config": json.dumps(self.config), "fingerprint": self.fingerprint}
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path), metadata=meta)
-
-    @classmethod
-    def load(cls, path: str | Path) -> DiffMaskGates:
-        """Read gates written by :meth:`save`."""
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if "config" not in meta:
-            raise ValueError(f"{path} is not a DiffMask gate file (no 'config' metadata)")
-        gates = cls(**json.loads(meta["config"]), fingerprint=meta.get("fingerprint", ""))
-        gates.load_state_dict(load_file(str(path)))
-        return gates
-
-
-def _token_width(adapter: ViTAdapter) -> int:
-    """The width of the patch-embedding output (the tokens the placeholder replaces)."""
-    return int(adapter.model.patch_embed.proj.out_channels)  # type: ignore[union-attr, arg-type]
-
-
-def _logits(out: Tensor | tuple[Tensor, ...]) -> Tensor:
-    if isinstance(out, tuple):  # distilled models in distillation-training mode
-        return sum(out) / len(out)  # type: ignore[return-value]
-    return out
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A short SHA-256 over the model's parameter names, shapes and values: identifies the
-    explainee a gate checkpoint was trained for.
-
-    Examples
-    --------
-    >>> model_fingerprint(nn.Linear(2, 2)) == model_fingerprint(nn.Linear(2, 2))
-    False
-    """
-    h = hashlib.sha256()
-    for name, p in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:
-    """Per-example ``KL(p || q)`` between the softmax distributions of two logit tensors."""
-    logp, logq = F.log_softmax(logits_p, -1), F.log_softmax(logits_q, -1)
-    return (logp.exp() * (logp - logq)).sum(-1)
-
-
-class DiffMaskObjective(nn.Module):
-    """The trainable DiffMask system: gates, placeholder and one Lagrange multiplier per
-    hidden state, around a frozen private copy of the explainee.
-
-    ``forward(images)`` draws a hidden state ``k`` (uniformly, or proportionally to
-    ``layer_weights``), samples hard-concrete gates for states ``0..k`` and multiplies them
-    (a patch survives only if every gate keeps it), runs the masked ViT and returns
-
-        L = α_k · (KL(p_orig ‖ p_masked) − ε) + mean_patches Σ_{j≤k} log P(g_j ≠ 0)
-
-    (methods.md §6.3). The gates and placeholder minimise L; the multipliers maximise it
-    (use :meth:`optimizer`, whose multiplier group has ``maximize=True`` and is clipped to
-    ``[0, alpha_max]`` after every step).
-
-    The KL here is a real ``KL(p_orig ‖ p_masked)`` between the full softmax distributions.
-    The official repository's evaluation "KL" is not a KL: it is the cross-entropy of the
-    masked prediction to the one-hot original class (methods.md §6.7 item 3).
-
-    Parameters
-    ----------
-    model : nn.Module
-        The explainee (timm ViT). A frozen deep copy is used; ``model`` is never modified.
-    gates : DiffMaskGates, optional
-        Gates to train (default: fresh gates for ``model``).
-    epsilon : float
-        KL tolerance ε (default 0.1).
-    alpha_init, alpha_max : float
-        Initial multiplier (20) and its upper clip (200).
-    layer_weights : sequence of float, optional
-        Unnormalised probabilities of drawing each hidden state (default uniform).
-
-    References
-    ----------
-    Nalmpantis et al., "Vision DiffMask: Faithful Interpretation of Vision Transformers with
-    Differentiable Patch Masking", CVPR Workshops 2023; De Cao et al., "How do Decisions
-    Emerge across Layers in Neural Models? Interpretation with Differentiable Masking",
-    EMNLP 2020, §3 (Lagrangian relaxation).
-
-    Examples
-    --------
-    >>> import timm
-    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
-    ...                       depth=2, img_size=32).eval()
-    >>> obj = DiffMaskObjective(m, DiffMaskGates.for_model(m, seed=0))
-    >>> out = obj(torch.rand(2, 3, 32, 32))
-    >>> sorted(out)
-    ['keep', 'kl', 'l0', 'layer', 'loss']
-    """
-
-    layer_weights: Tensor
-
-    def __init__(
-        self,
-        model: nn.Module,
-        gates: DiffMaskGates | None = None,
-        epsilon: float = 0.1,
-        alpha_init: float = 20.0,
-        alpha_max: float = 200.0,
-        layer_weights: Iterable[float] | None = None,
-    ) -> None:
-        super().__init__()
-        frozen = copy.deepcopy(model).requires_grad_(False)
-        # Kept out of the module tree: the explainee is neither trained, nor saved with the
-        # gates, nor wrapped by DistributedDataParallel.
-        self._explainee: tuple[nn.Module] = (frozen,)
-        self.gates = gates if gates is not None else DiffMaskGates.for_model(model)
-        self.gates.check_model(frozen)
-        k = int(self.gates.config["num_states"])
-        self.alphas = nn.Parameter(torch.full((k,), float(alpha_init)))
-        self.epsilon, self.alpha_max = float(epsilon), float(alpha_max)
-        w = torch.ones(k) if layer_weights is None else torch.as_tensor(list(layer_weights), dtype=torch.float)
-        if w.shape != (k,) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"layer_weights must be {k} non-negative numbers with a positive sum, got {w.tolist()}")
-        self.register_buffer("layer_weights", w / w.sum(), persistent=False)
-
-    @property
-    def explainee(self) -> nn.Module:
-        return self._explainee[0]
-
-    def _apply(self, fn: Any, recurse: bool = True) -> DiffMaskObjective:
-        # .to()/.cuda() move the private explainee copy along with the gates.
-        self._explainee[0]._apply(fn, recurse)
-        return super()._apply(fn, recurse)
-
-    def forward(self, images: Tensor, layer: int | None = None) -> dict[str, Tensor]:
-        model = self.explainee
-        logits, original = self.gates.logits_and_output(model, images)
-        k = int(torch.multinomial(self.layer_weights, 1)) if layer is None else layer % logits.shape[0]
-        # Index the stacked tensors (rather than slicing the list) so every gate network and
-        # every multiplier is part of the graph: DDP then needs no find_unused_parameters.
-        keep = hard_concrete_sample(logits).cumprod(0)[k]
-        log_l0 = log_prob_nonzero(logits).cumsum(0)[k]
-        masked = self.gates.masked_output(model, images, keep)
-        kl = kl_divergence(original, masked).mean()
-        loss = self.alphas[k] * (kl - self.epsilon) + log_l0.mean()
-        return {
-            "loss": loss,
-            "kl": kl.detach(),
-            "l0": log_l0.detach().exp().mean(),
-            "keep": (keep.detach() > 0).float().mean(),
-            "layer": torch.tensor(k),
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        # Adam initialises a parameter's state only while it is empty, so the slow copy of a
+        # new parameter is taken now but stored after Adam's step.
+        fresh = {
+            p: p.detach().clone()
+            for g in self.param_groups
+            for p in g["params"]
+            if p.grad is not None and "slow" not in self.state[p]
         }
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:  # Adam skipped it too
+                    continue
+                st = self.state[p]
+                if p in fresh:
+                    st["slow"], st["la_step"] = fresh[p], 0
+                if group.get("bounds") is not None:
+                    p.clamp_(*group["bounds"])  # projected gradient step; slow weights stay feasible
+                st["la_step"] += 1
+                if st["la_step"] % self.lookahead_k == 0:
+                    st["slow"].add_(p - st["slow"], alpha=self.la_alpha)
+                    p.copy_(st["slow"])
+        return loss
 
-    def optimizer(
-        self, lr: float = 2e-5, lr_placeholder: float = 1e-3, lr_alpha: float = 0.3, lookahead_k: int = 6
-    ) -> LookaheadAdam:
-        """LookaheadAdam over three groups (methods.md §6.3): gate networks (``lr``), the
-        placeholder (``lr_placeholder``) and the multipliers (``lr_alpha``, gradient ascent,
-        clipped to ``[0, alpha_max]``)."""
-        gate_params = [p for n, p in self.gates.named_parameters() if n != "placeholder"]
-        groups: list[dict[str, Any]] = [{"params": gate_params, "lr": lr}]
-        if isinstance(self.gates.placeholder, nn.Parameter):
-            groups.append({"params": [self.gates.placeholder], "lr": lr_placeholder})
-        groups.append({"params": [self.alphas], "lr": lr_alpha, "maximize": True, "bounds": (0.0, self.alpha_max)})
-        return LookaheadAdam(groups, k=lookahead_k)
+
+def diffmask_optimizer(
+    objective: DiffMaskObjective,
+    lr: float = 2e-5,
+    lr_placeholder: float = 1e-3,
+    lr_alpha: float = 0.3,
+    lookahead_k: int = 6,
+) -> LookaheadAdam:
+    """The official optimiser of a :class:`~captum_vit.explainers.DiffMaskObjective`:
+    LookaheadAdam over three groups, the gate networks (``lr``), the placeholder
+    (``lr_placeholder``) and the multipliers (``lr_alpha``, gradient *ascent*, clipped to
+    ``[0, alpha_max]``: the Lagrangian's max over α)."""
+    gates = objective.gates
+    gate_params = [p for n, p in gates.named_parameters() if n != "placeholder"]
+    groups: list[dict[str, Any]] = [{"params": gate_params, "lr": lr}]
+    if isinstance(gates.placeholder, torch.nn.Parameter):
+        groups.append({"params": [gates.placeholder], "lr": lr_placeholder})
+    bounds = (0.0, objective.alpha_max)
+    groups.append({"params": [objective.alphas], "lr": lr_alpha, "maximize": True, "bounds": bounds})
+    return LookaheadAdam(groups, k=lookahead_k)
+
+
+# ------------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--model", default="synthetic-vit", help="registered ViT to explain (shipped, or yours)")
+    a("--out", type=Path, default=Path("runs/diffmask"), help="checkpoints (last.pt, best.pt) and best.safetensors")
+    a("--resume", action="store_true", help="continue from OUT/last.pt")
+    a("--train-size", type=positive_int, default=10_000, help=f"training images (seed {EXPLAINER_TRAIN_SEED})")
+    a("--val-size", type=positive_int, default=256, help=f"validation images (seed {DIFFMASK_VAL_SEED})")
+    a("--held-out", type=positive_int, default=1_000, help=f"held-out images (seed {HELD_OUT_SEED}) for the figures")
+    a("--epochs", type=positive_int, default=5)
+    a("--max-steps", type=positive_int, default=None, help="override the step count implied by --epochs")
+    a("--batch-size", type=positive_int, default=32)
+    a("--seed", type=int, default=123)
+    a("--lr", type=float, default=2e-5, help="gate networks")
+    a("--lr-placeholder", type=float, default=1e-3)
+    a("--lr-alpha", type=float, default=0.3, help="Lagrange multipliers (gradient ascent)")
+    a("--alpha", type=float, default=20.0, help="initial Lagrange multiplier")
+    a("--alpha-max", type=float, default=200.0)
+    a("--epsilon", type=float, default=0.1, help="KL tolerance")
+    a("--mul-activation", type=float, default=15.0)
+    a("--add-activation", type=float, default=8.0)
+    a("--warmup-steps", type=int, default=1200)
+    a("--no-placeholder", action="store_true", help="replace by zeros instead of a learned vector")
+    a("--layer-weights", type=str, default=None, help="comma-separated weights of drawing each hidden state")
+    a("--select-max-kl", type=float, default=0.8)
+    a("--select-min-acc", type=float, default=0.75)
+    a("--checkpoint-every", type=positive_int, default=200)
+    a("--validate-every", type=positive_int, default=200)
+    a("--threads", type=positive_int, default=None, help="torch CPU threads")
+    a("--no-progress", action="store_true")
+    add_register_arguments(parser, "selected gates")
+
+
+def _layer_weights(args: argparse.Namespace) -> list[float] | None:
+    if not args.layer_weights:
+        return None
+    try:
+        return [float(w) for w in args.layer_weights.split(",")]
+    except ValueError:
+        raise ValueError(f"--layer-weights: expected comma-separated numbers, got {args.layer_weights!r}") from None
+
+
+def check(args: argparse.Namespace) -> None:
+    """Check the options before any training starts."""
+    output_dir(args.out, "--out")
+    registered_model(args.model, "--model")
+    check_register(args)
+    _layer_weights(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from captum_vit.distributed import init_distributed, shutdown
+
+    check(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = init_distributed()
+    try:
+        return _train(args, ctx.device, ctx.rank, ctx.world_size)
+    finally:
+        shutdown(ctx)
+
+
+def _train(args: argparse.Namespace, device: torch.device, rank: int, processes: int) -> int:
+    from captum_vit.data.synthetic import SyntheticDataset, generate
+    from captum_vit.explainers.diffmask_gates import DiffMaskGates
+    from captum_vit.explainers.diffmask_objective import DiffMaskObjective, evaluate_gates
+    from captum_vit.models.fingerprint import model_fingerprint
+    from captum_vit.models.preprocess import normalize_for
+    from captum_vit.models.pretrained import load_entry
+    from captum_vit.models.registry import register_weights
+    from captum_vit.training.checkpoint import load_checkpoint
+    from captum_vit.training.trainer import Trainer
+
+    torch.manual_seed(args.seed)  # the gates' initialisation; Trainer seeds the data order
+    model = load_entry(registered_model(args.model, "--model"))
+    gates = DiffMaskGates.for_model(
+        model,
+        mul_activation=args.mul_activation,
+        add_activation=args.add_activation,
+        placeholder=not args.no_placeholder,
+    )
+    weights = _layer_weights(args)
+    objective = DiffMaskObjective(model, gates, args.epsilon, args.alpha, args.alpha_max, weights).to(device)
+    opt = diffmask_optimizer(objective, args.lr, args.lr_placeholder, args.lr_alpha)
+    warm = max(1, args.warmup_steps)
+    ramp = lambda s: min(1.0, (s + 1) / warm)  # noqa: E731
+    # Warm-up for the gate and placeholder groups only; the multipliers' rate is constant.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [ramp] * (len(opt.param_groups) - 1) + [lambda s: 1.0])
+    size = int(model.pretrained_cfg["input_size"][-1])  # type: ignore[index]
+    train = SyntheticDataset(args.train_size, seed=EXPLAINER_TRAIN_SEED, image_size=size)
+    val = normalize_for(model, generate(args.val_size, seed=DIFFMASK_VAL_SEED, image_size=size).images).to(device)
+
+    def loss_fn(net: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        out = net(normalize_for(model, batch[0]))
+        return out["loss"], {k: float(out[k]) for k in ("kl", "l0", "keep")}
+
+    def validate(obj: nn.Module, step: int) -> float:
+        assert isinstance(obj, DiffMaskObjective)
+        m = evaluate_gates(obj.explainee, obj.gates, val, seed=args.seed)
+        ok = m["kl"] <= args.select_max_kl and m["agreement"] >= args.select_min_acc
+        return m["expected_keep"] if ok else float("inf")
+
+    steps = args.max_steps or args.epochs * (args.train_size // args.batch_size)
+    trainer = Trainer(
+        objective,
+        opt,
+        loss_fn,
+        train,
+        args.batch_size,
+        steps,
+        scheduler=sched,
+        validate=validate,
+        checkpoint_dir=args.out,
+        checkpoint_every=args.checkpoint_every,
+        validate_every=args.validate_every,
+        seed=args.seed,
+        device=device,
+        progress=not args.no_progress,
+    )
+    start = time.perf_counter()
+    result = trainer.fit(resume=args.resume)
+    elapsed = time.perf_counter() - start
+    if rank != 0:
+        return 0
+    if result.best_checkpoint is not None and result.best_step is not None:  # the selected step, as the official code
+        objective.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
+    gates = objective.gates.cpu()
+    best = Path(args.out) / "best.safetensors"
+    gates.save(best)
+    wrote(best, f"the gates of step {result.best_step or result.step}")
+    held = normalize_for(model, generate(args.held_out, seed=HELD_OUT_SEED, image_size=size).images)
+    metrics = evaluate_gates(objective.explainee.cpu(), gates, held, seed=args.seed)
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    print(f"[diffmask] {result.step} steps in {elapsed:.0f} s; selected step {result.best_step}; held-out: {summary}")
+    if args.register:
+        registered = register_weights(
+            args.register,
+            "diffmask",
+            gates.state_dict(),
+            registry_folder(args),
+            metadata=gates.weights_metadata(),
+            explainee=args.model,
+            explainee_fingerprint=model_fingerprint(model),
+            kwargs=dict(gates.config),
+            training={
+                "command": command_line("train-diffmask", add_arguments, args),
+                "steps": result.step,
+                "selected_step": result.best_step,
+                "wall_time_s": round(elapsed, 1),
+                "train_seed": EXPLAINER_TRAIN_SEED,
+                "threads": torch.get_num_threads(),
+                "processes": processes,
+            },
+            held_out={"images": args.held_out, "seed": HELD_OUT_SEED, "epsilon": args.epsilon}
+            | {k: round(v, 4) for k, v in metrics.items()},
+        )
+        wrote(registered.path, f"registered as {args.register!r}")
+    return 0

@@ -1,44 +1,47 @@
-"""pLTX pretraining: ``captum-vit pretrain-ltx`` and :func:`pretrain_ltx` (methods.md §2.4).
+"""pLTX pretraining: ``captum-vit pretrain-ltx`` and :func:`pretrain_ltx`.
 
-Trains an explainer (:mod:`captum_vit.models.explainer`) for a frozen explainee with the LTX
-loss (:mod:`captum_vit.training.ltx`) on the synthetic benchmark's training split, with the
-shared :class:`~captum_vit.training.trainer.Trainer`: AdamW, linear warmup over 20 % of the
-steps actually run, then linear decay (the official code computes both from the 50k-image
-folder instead, §2.8 issue 2); validation by the positive-perturbation AUC (lower is
-better) on a separate validation split, keeping the best checkpoint; atomic checkpoints and
-``--resume``; data-parallel under ``torchrun``::
+Trains an explainer (:mod:`captum_vit.explainers.ltx_network`) for a frozen explainee with the
+LTX loss (:mod:`captum_vit.explainers.ltx_objective`) on the synthetic benchmark's training
+split, with the shared :class:`~captum_vit.training.trainer.Trainer`: AdamW, linear warmup over
+20 % of the steps actually run, then linear decay (the official code computes both from its
+50k-image folder instead); validation by the positive-perturbation AUC (lower is better) on a
+separate validation split (:data:`~captum_vit.data.splits.LTX_VAL_SEED`), keeping the best
+checkpoint; atomic checkpoints and ``--resume``; data-parallel under ``torchrun``::
 
     torchrun --nproc-per-node 2 -m captum_vit.cli pretrain-ltx --explainee synthetic-vit ...
 
-``--export NAME`` writes the best explainer as ``captum_vit/weights/NAME.safetensors`` with a
-manifest entry (sha256, the explainee's fingerprint, the command), loadable with
-``load_pretrained(NAME)`` and used by ``LTX`` on that explainee by default.
+``--out DIR`` receives the checkpoints (``last.pt``, ``best.pt``) and the best explainer as
+``best.safetensors`` (``LTX(model, explainer="DIR/best.safetensors")``). ``--register NAME``
+also adds it (fp16) to the user registry, where ``LTX(model)`` finds it by the explainee's
+weights fingerprint.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import shlex
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import save_file
-from torch import nn
-from torch.utils.data import Dataset
+from captum_vit._cli_common import output_dir, positive_int, wrote
+from captum_vit.data.splits import EXPLAINER_TRAIN_SEED, LTX_VAL_SEED
+from captum_vit.training._common import (
+    add_register_arguments,
+    check_register,
+    command_line,
+    registered_model,
+    registry_folder,
+)
 
-from captum_vit.metrics import model_normalization, positive_perturbation_auc
-from captum_vit.models.explainer import CNNExplainer, ViTExplainer, build_explainer
-from captum_vit.training.ltx import LTXObjective, default_mask_weight
-from captum_vit.training.trainer import Trainer, TrainResult, linear_warmup_decay, load_checkpoint, rank
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
 
-#: Dataset seeds: the classifiers' first training split, and a validation split used by
-#: nobody else (the leaderboard's held-out seed is not touched).
-TRAIN_SEED = 1000
-VAL_SEED = 424_242
+    from captum_vit.explainers.ltx_network import LTXExplainer
+    from captum_vit.explainers.ltx_objective import LTXObjective
+    from captum_vit.training.trainer import TrainResult
 
 
 def pretrain_ltx(
@@ -60,7 +63,7 @@ def pretrain_ltx(
     resume: bool = False,
     progress: bool = True,
     device: torch.device | str | None = None,
-) -> tuple[ViTExplainer | CNNExplainer, TrainResult]:
+) -> tuple[LTXExplainer, TrainResult]:
     """Pretrain an LTX/EEA explainer for ``explainee``.
 
     Parameters
@@ -73,7 +76,7 @@ def pretrain_ltx(
     steps, batch_size, lr, weight_decay :
         AdamW schedule (global batch size).
     mask_weight, mask_loss :
-        λ (default :func:`~captum_vit.training.ltx.default_mask_weight`) and the mask loss.
+        λ (default :func:`~captum_vit.explainers.default_mask_weight`) and the mask loss.
     target : str
         ``"label"`` (explain the ground truth, the papers' "target" runs) or ``"predicted"``.
     checkpoint_dir, checkpoint_every, validate_every, seed, resume, progress, device :
@@ -102,6 +105,15 @@ def pretrain_ltx(
     >>> res.step
     2
     """
+    import torch
+
+    from captum_vit.explainers.ltx_network import build_explainer
+    from captum_vit.explainers.ltx_objective import LTXObjective, default_mask_weight
+    from captum_vit.models.preprocess import model_normalization
+    from captum_vit.training.checkpoint import load_checkpoint
+    from captum_vit.training.schedules import linear_warmup_decay
+    from captum_vit.training.trainer import Trainer
+
     if target not in ("label", "predicted"):
         raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
     torch.manual_seed(seed)
@@ -155,6 +167,10 @@ def validation_pos_auc(
 ) -> float:
     """Mean positive-perturbation AUC (Chefer's, lower is better) of the explainer's pLTX masks
     against ``labels`` on pixel-space ``images``."""
+    import torch
+
+    from captum_vit.metrics import positive_perturbation_auc
+
     aucs = []
     with torch.no_grad():
         for i in range(0, images.shape[0], batch):
@@ -169,111 +185,100 @@ def validation_pos_auc(
     return float(torch.cat(aucs).mean())
 
 
-def export_explainer(
-    explainer: ViTExplainer | CNNExplainer,
-    name: str,
-    explainee_name: str,
-    info: dict[str, Any],
-    weights_dir: Path | None = None,
-    storage_dtype: torch.dtype = torch.float16,
-) -> Path:
-    """Write ``name.safetensors`` and its manifest entry (builder, sha256, explainee fingerprint).
-
-    Floating-point weights are stored as ``storage_dtype`` (float16 by default, halving the
-    package size; :func:`~captum_vit.models.pretrained.load_pretrained` casts them back to
-    float32). Integer buffers (the explainee fingerprint) are stored as they are."""
-    from captum_vit.models.pretrained import WEIGHTS_DIR, pretrained_entry, sha256_file, write_manifest_entry
-
-    directory = Path(weights_dir or WEIGHTS_DIR)
-    explainee_entry = pretrained_entry(explainee_name, directory)
-    architecture = {k: explainee_entry[k] for k in ("timm_name", "kwargs", "pretrained_cfg") if k in explainee_entry}
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.safetensors"
-    state = {
-        k: (v.to(storage_dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in explainer.state_dict().items()
-    }
-    save_file(state, str(path), metadata={"name": name, "explainee": explainee_name})
-    path.chmod(0o644)
-    entry = {
-        "file": path.name,
-        "sha256": sha256_file(path),
-        "builder": "captum_vit.models.explainer:build_pretrained_explainer",
-        "kwargs": {"explainee": explainee_name, "architecture": architecture, "mask_weight": explainer.mask_weight},
-        "explainee": explainee_name,
-        "explainee_sha256": explainer.explainee_fingerprint,
-        "storage_dtype": str(storage_dtype).removeprefix("torch."),
-        "training": info,
-    }
-    write_manifest_entry(name, entry, directory)
-    return path
-
-
 # ------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--explainee", required=True, help="shipped model name, e.g. synthetic-vit")
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder (last.pt, best.pt)")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=32, help="global batch size")
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--mask-weight", type=float, default=None, help="λ (default: the papers' value for the size)")
-    parser.add_argument("--mask-loss", default="bce", choices=("bce", "l1", "bce_double_sigmoid"))
-    parser.add_argument("--target", default="label", choices=("label", "predicted"))
-    parser.add_argument("--train-size", type=int, default=4000)
-    parser.add_argument("--val-size", type=int, default=128)
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--validate-every", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    parser.add_argument(
-        "--weights-dir", type=Path, default=None, help="folder of the manifest and weights (default: the package's)"
-    )
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument(
-        "--export", default=None, help="write the best explainer to the package weights under this name"
-    )
+    a = parser.add_argument
+    a("--explainee", required=True, help="registered classifier to explain (shipped, e.g. synthetic-vit, or yours)")
+    a("--out", type=Path, required=True, help="folder for the checkpoints (last.pt, best.pt) and best.safetensors")
+    a("--steps", type=positive_int, default=1000)
+    a("--batch-size", type=positive_int, default=32, help="global batch size")
+    a("--lr", type=float, default=5e-4)
+    a("--mask-weight", type=float, default=None, help="λ (default: the papers' value for the size)")
+    a("--mask-loss", default="bce", choices=("bce", "l1", "bce_double_sigmoid"))
+    a("--target", default="label", choices=("label", "predicted"))
+    a("--train-size", type=positive_int, default=4000, help=f"training images (seed {EXPLAINER_TRAIN_SEED})")
+    a("--val-size", type=positive_int, default=128, help=f"validation images (seed {LTX_VAL_SEED})")
+    a("--checkpoint-every", type=positive_int, default=100)
+    a("--validate-every", type=positive_int, default=100)
+    a("--seed", type=int, default=0)
+    a("--resume", action="store_true", help="continue from OUT/last.pt")
+    a("--no-progress", action="store_true")
+    add_register_arguments(parser, "best explainer")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Check the options before any training starts."""
+    output_dir(args.out, "--out")
+    registered_model(args.explainee, "--explainee")
+    check_register(args)
 
 
 def run(args: argparse.Namespace) -> int:
-    from captum_vit.data.synthetic import SyntheticDataset
-    from captum_vit.models.pretrained import load_pretrained
-    from captum_vit.training.trainer import init_distributed
+    import torch
 
-    device = init_distributed()
-    explainee = load_pretrained(args.explainee, args.weights_dir)
-    size = int(explainee.pretrained_cfg["input_size"][-1])  # type: ignore[index]
-    start = time.perf_counter()
-    explainer, result = pretrain_ltx(
-        explainee,
-        SyntheticDataset(args.train_size, seed=TRAIN_SEED, image_size=size),
-        SyntheticDataset(args.val_size, seed=VAL_SEED, image_size=size),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        mask_weight=args.mask_weight,
-        mask_loss=args.mask_loss,
-        target=args.target,
-        checkpoint_dir=args.out,
-        checkpoint_every=args.checkpoint_every,
-        validate_every=args.validate_every,
-        seed=args.seed,
-        resume=args.resume,
-        progress=not args.no_progress,
-        device=device,
-    )
-    elapsed = time.perf_counter() - start
-    if rank() == 0:
+    from captum_vit.data.synthetic import SyntheticDataset
+    from captum_vit.distributed import init_distributed, shutdown
+    from captum_vit.models.pretrained import load_entry
+    from captum_vit.models.registry import register_weights
+
+    check(args)
+    entry = registered_model(args.explainee, "--explainee")
+    ctx = init_distributed()
+    try:
+        explainee = load_entry(entry)
+        size = int(explainee.pretrained_cfg["input_size"][-1])  # type: ignore[index]
+        start = time.perf_counter()
+        explainer, result = pretrain_ltx(
+            explainee,
+            SyntheticDataset(args.train_size, seed=EXPLAINER_TRAIN_SEED, image_size=size),
+            SyntheticDataset(args.val_size, seed=LTX_VAL_SEED, image_size=size),
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            mask_weight=args.mask_weight,
+            mask_loss=args.mask_loss,
+            target=args.target,
+            checkpoint_dir=args.out,
+            checkpoint_every=args.checkpoint_every,
+            validate_every=args.validate_every,
+            seed=args.seed,
+            resume=args.resume,
+            progress=not args.no_progress,
+            device=ctx.device,
+        )
+        elapsed = time.perf_counter() - start
+        if ctx.rank != 0:
+            return 0
+        explainer = explainer.cpu()
         print(f"best validation POS AUC {result.best_metric} at step {result.best_step}; {elapsed:.0f} s")
-        if args.export:
-            info = {
-                "command": "captum-vit " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "captum-vit pretrain-ltx",
+        best = Path(args.out) / "best.safetensors"
+        explainer.save(best)
+        wrote(best, "the best explainer")
+        if args.register:
+            training = {
+                "command": command_line("pretrain-ltx", add_arguments, args),
                 "steps": result.step,
                 "best_step": result.best_step,
                 "val_pos_auc": result.best_metric,
-                "train_seed": TRAIN_SEED,
-                "val_seed": VAL_SEED,
+                "train_seed": EXPLAINER_TRAIN_SEED,
+                "val_seed": LTX_VAL_SEED,
                 "wall_time_s": round(elapsed, 1),
                 "threads": torch.get_num_threads(),
+                "processes": ctx.world_size,
             }
-            print(f"wrote {export_explainer(explainer, args.export, args.explainee, info, args.weights_dir)}")
+            registered = register_weights(
+                args.register,
+                "pltx",
+                explainer.state_dict(),
+                registry_folder(args),
+                metadata=explainer.weights_metadata(),
+                storage_dtype=torch.float16,
+                explainee=args.explainee,
+                explainee_fingerprint=explainer.explainee_fingerprint,
+                kwargs={"architecture": entry.architecture(), "mask_weight": explainer.mask_weight},
+                training=training,
+            )
+            wrote(registered.path, f"registered as {args.register!r}")
+    finally:
+        shutdown(ctx)
     return 0

@@ -1,17 +1,26 @@
-"""``captum-vit train-models``: train the shipped classifiers on the synthetic benchmark.
+"""``captum-vit train-models``: train the synthetic-benchmark classifiers.
 
 Trains a small timm ViT (class token, 6 blocks, 8x8 grid of 8-px patches on 64x64 images)
 and a narrow timm ``resnet10t`` on freshly rendered images of
-:mod:`captum_vit.data.synthetic`, stores their weights in fp16 safetensors under
-``captum_vit/weights/`` and records, per model, the sha256, architecture, preprocessing,
-class names, held-out accuracy (measured on the saved-and-reloaded fp16 weights), training
-wall time and the exact command in ``manifest.json``.
+:mod:`captum_vit.data.synthetic` with the shared :class:`~captum_vit.training.trainer.Trainer`
+(``torchrun`` data parallelism included). ``--out DIR`` becomes a registry folder: fp16
+safetensors per model and a ``manifest.json`` entry holding the sha256, architecture,
+preprocessing, class names, held-out accuracy (measured on the saved-and-reloaded fp16
+weights, what ships), training wall time and the exact command, so that
+``load_pretrained(name, weights_dir=DIR)`` loads them. ``--register NAME`` (one model) also adds
+it to the user registry.
 
 Recipe (why): the class is a patch-local texture, which a ViT learns from scratch in a few
-epochs (issue 3's planning notes: a class decided by shape alone was not learnt). AdamW
-with a linear warm-up and cosine decay, as DeiT (Touvron et al., ICML 2021, Sec. 6)
-trains ViTs; light label smoothing. Every epoch renders new images (its own dataset seed),
+epochs (a class decided by shape alone was not learnt). AdamW with a linear warm-up and
+cosine decay, as DeiT (Touvron et al., ICML 2021, §6) trains ViTs; light label smoothing.
+Every epoch renders new images (seed :func:`~captum_vit.data.splits.classifier_epoch_seed`),
 so nothing is seen twice and no augmentation is needed.
+
+The shipped weights were trained by the loop this command ran before it used the
+``Trainer``: the same initialisation, optimiser, schedule, loss and images per epoch, in
+another shuffling order (``DataLoader(shuffle=True)`` then, the ``Trainer``'s seeded
+``DistributedSampler`` now), so rerunning the recorded command gives a model of the same
+quality, not the same bytes.
 
 Examples
 --------
@@ -25,40 +34,30 @@ Examples
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from captum_vit._cli_common import CLIError, output_dir, positive_int, wrote
+from captum_vit.data.splits import HELD_OUT_SEED, classifier_epoch_seed
+from captum_vit.training._common import add_register_arguments, check_register, command_line, registry_folder
 
-from captum_vit.data.synthetic import CLASS_NAMES, NUM_CLASSES, SyntheticDataset, generate
-from captum_vit.models.pretrained import (
-    WEIGHTS_DIR,
-    build_architecture,
-    load_pretrained,
-    sha256_file,
-    write_manifest_entry,
-)
+if TYPE_CHECKING:
+    from torch import nn
 
 IMAGE_SIZE = 64
 #: Channel statistics of the benchmark's images, rounded (2,000 images of seed 0: per-channel
 #: mean 0.498-0.501, std 0.218).
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.22, 0.22, 0.22)
-#: Dataset seeds: training epochs use TRAIN_SEED + epoch, the held-out set HELD_OUT_SEED.
-TRAIN_SEED = 1000
-HELD_OUT_SEED = 999_999
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Architecture and optimisation of one shipped model."""
+    """Architecture and optimisation of one model."""
 
     timm_name: str
     kwargs: dict[str, Any]
@@ -68,10 +67,11 @@ class Recipe:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_NUM_CLASSES = 5  # captum_vit.data.synthetic.NUM_CLASSES, without importing torch here
 RECIPES: dict[str, Recipe] = {
     "synthetic-vit": Recipe(
         "vit_tiny_patch16_224",
-        dict(img_size=IMAGE_SIZE, patch_size=8, embed_dim=128, depth=6, num_heads=4, num_classes=NUM_CLASSES),
+        dict(img_size=IMAGE_SIZE, patch_size=8, embed_dim=128, depth=6, num_heads=4, num_classes=_NUM_CLASSES),
         lr=1e-3,
         weight_decay=0.05,
         # 3 epochs reached 95.3% (loss plateaued at chance for ~110 steps before the
@@ -80,7 +80,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "synthetic-resnet": Recipe(
         "resnet10t",
-        dict(channels=[32, 64, 128, 256], num_classes=NUM_CLASSES),
+        dict(channels=[32, 64, 128, 256], num_classes=_NUM_CLASSES),
         lr=2e-3,
         weight_decay=0.01,
         epochs=2,
@@ -89,21 +89,35 @@ RECIPES: dict[str, Recipe] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="models to train")
-    parser.add_argument("--train-size", type=int, default=10_000, help="images rendered per epoch")
-    parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epoch count")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--held-out", type=int, default=2_000, help="held-out images for the recorded accuracy")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared, oversubscribed CPU)"
-    )
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes rendering images")
-    parser.add_argument("--out-dir", type=Path, default=WEIGHTS_DIR, help="where weights and manifest.json go")
+    a = parser.add_argument
+    a("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="models to train")
+    a("--train-size", type=positive_int, default=10_000, help="images rendered per epoch")
+    a("--epochs", type=positive_int, default=None, help="override every recipe's epoch count")
+    a("--batch-size", type=positive_int, default=128)
+    a("--held-out", type=positive_int, default=2_000, help=f"held-out images (seed {HELD_OUT_SEED}) for the accuracy")
+    a("--seed", type=int, default=0, help="initialisation and shuffling seed")
+    a("--threads", type=positive_int, default=1, help="torch CPU threads (1 is fastest on a shared, busy CPU)")
+    a("--workers", type=int, default=0, help="DataLoader worker processes rendering images")
+    a("--out", type=Path, default=Path("runs/train-models"), help="folder for the weights and their manifest.json")
+    a("--no-progress", action="store_true")
+    add_register_arguments(parser, "trained model (one --models only)")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Check the options before any training starts."""
+    output_dir(args.out, "--out")
+    check_register(args)
+    if args.register and len(args.models) != 1:
+        raise CLIError(f"--register names one model; got --models {' '.join(args.models)}")
+    if args.ship and args.register and args.register != args.models[0]:
+        raise CLIError("--ship registers a model under its recipe name: pass --register " + args.models[0])
 
 
 def manifest_spec(recipe: Recipe) -> dict[str, Any]:
-    """The manifest fields that describe how to rebuild a recipe's model."""
+    """The registry fields that rebuild a recipe's model (``timm_name``, ``kwargs``,
+    ``pretrained_cfg``, ``class_names``)."""
+    from captum_vit.data.synthetic import CLASS_NAMES
+
     return {
         "timm_name": recipe.timm_name,
         "kwargs": recipe.kwargs,
@@ -111,119 +125,125 @@ def manifest_spec(recipe: Recipe) -> dict[str, Any]:
             "input_size": [3, IMAGE_SIZE, IMAGE_SIZE],
             "mean": list(MEAN),
             "std": list(STD),
-            "num_classes": NUM_CLASSES,
+            "num_classes": _NUM_CLASSES,
             "interpolation": "bilinear",
             "crop_pct": 1.0,
             "crop_mode": "center",
             "label_names": list(CLASS_NAMES),
         },
+        "class_names": list(CLASS_NAMES),
     }
 
 
-def _normalise(images: Tensor) -> Tensor:
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (images - mean) / std
-
-
-@torch.no_grad()
 def held_out_accuracy(model: nn.Module, n: int, seed: int = HELD_OUT_SEED, batch_size: int = 250) -> float:
     """Top-1 accuracy on ``n`` freshly rendered single-object images (model in eval mode)."""
+    import torch
+
+    from captum_vit.data.synthetic import generate
+    from captum_vit.models.preprocess import model_logits, normalize_for
+
     batch = generate(n, seed=seed, image_size=IMAGE_SIZE)
     correct = 0
-    for start in range(0, n, batch_size):
-        logits = model(_normalise(batch.images[start : start + batch_size]))
-        correct += int((logits.argmax(-1) == batch.labels[start : start + batch_size]).sum())
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            logits = model_logits(model(normalize_for(model, batch.images[start : start + batch_size])))
+            correct += int((logits.argmax(-1) == batch.labels[start : start + batch_size]).sum())
     return correct / n
 
 
-def train_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Train one recipe, save fp16 safetensors and return its manifest entry."""
+def train_one(name: str, args: argparse.Namespace, device: Any = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one recipe with the :class:`~captum_vit.training.trainer.Trainer`; the trained
+    model (on the CPU) and its training record."""
+    import torch
+    import torch.nn.functional as F
+
+    from captum_vit.data.synthetic import SyntheticDataset
+    from captum_vit.distributed import world_size
+    from captum_vit.models.preprocess import model_logits, model_normalization, normalize
+    from captum_vit.models.pretrained import build_architecture
+    from captum_vit.training.schedules import warmup_cosine
+    from captum_vit.training.trainer import Trainer
+
+    class EpochImages(SyntheticDataset):
+        """Fresh images each epoch: epoch ``e`` renders seed ``classifier_epoch_seed(e)``."""
+
+        def set_epoch(self, epoch: int) -> None:
+            self.seed = classifier_epoch_seed(epoch)
+
     recipe = RECIPES[name]
     epochs = args.epochs or recipe.epochs
     torch.manual_seed(args.seed)
-    spec = manifest_spec(recipe)
-    model = build_architecture(spec).train()
+    model = build_architecture(manifest_spec(recipe)).train()
+    mean, std = model_normalization(model)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    steps_per_epoch = math.ceil(args.train_size / args.batch_size)
-    total = epochs * steps_per_epoch
-    warmup = max(1, total // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
+    total = epochs * math.ceil(args.train_size / args.batch_size)
+
+    def loss_fn(net: nn.Module, batch: Any) -> torch.Tensor:
+        images, labels = batch[0], batch[1]
+        return F.cross_entropy(model_logits(net(normalize(images, mean, std))), labels, label_smoothing=0.1)
+
+    trainer = Trainer(
+        model,
         opt,
-        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))),
+        loss_fn,
+        EpochImages(args.train_size, seed=classifier_epoch_seed(0), image_size=IMAGE_SIZE),
+        args.batch_size,
+        total,
+        scheduler=warmup_cosine(opt, total, max(1, total // 10)),
+        seed=args.seed,
+        device=device,
+        num_workers=args.workers,
+        drop_last=False,  # every rendered image is trained on, as the recorded runs
+        progress=not args.no_progress,
     )
-    start, step = time.perf_counter(), 0
-    for epoch in range(epochs):
-        data = SyntheticDataset(args.train_size, seed=TRAIN_SEED + epoch, image_size=IMAGE_SIZE)
-        loader = DataLoader(
-            data,
-            batch_size=args.batch_size,
-            shuffle=True,
-            num_workers=args.workers,
-            generator=torch.Generator().manual_seed(args.seed + epoch),
-        )
-        for images, labels, _ in loader:
-            loss = F.cross_entropy(model(_normalise(images)), labels, label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step % 20 == 0 or step == total:
-                print(f"[{name}] epoch {epoch + 1}/{epochs} step {step}/{total} loss {loss.item():.3f}", flush=True)
-    train_time = time.perf_counter() - start
-
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    file = f"{name}.safetensors"
-    state = {
-        k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
-        for k, v in model.state_dict().items()
+    start = time.perf_counter()
+    trainer.fit()
+    record = {
+        "command": command_line("train-models", add_arguments, args),
+        "epochs": epochs,
+        "images_per_epoch": args.train_size,
+        "batch_size": args.batch_size,
+        "lr": recipe.lr,
+        "weight_decay": recipe.weight_decay,
+        "train_seeds": [classifier_epoch_seed(e) for e in range(epochs)],
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "threads": torch.get_num_threads(),
+        "processes": world_size(),
     }
-    save_file(state, str(out_dir / file), metadata={"name": name})
-    (out_dir / file).chmod(0o644)  # safetensors writes 0600; package data must be world-readable
-    entry: dict[str, Any] = {
-        "file": file,
-        "sha256": sha256_file(out_dir / file),
-        "storage_dtype": "float16",
-        **spec,
-        "class_names": list(CLASS_NAMES),
-        "training": {
-            "command": command_line(args),
-            "epochs": epochs,
-            "images_per_epoch": args.train_size,
-            "batch_size": args.batch_size,
-            "lr": recipe.lr,
-            "weight_decay": recipe.weight_decay,
-            "train_seeds": [TRAIN_SEED + e for e in range(epochs)],
-            "wall_time_s": round(train_time, 1),
-            "threads": torch.get_num_threads(),
-        },
-    }
-    write_manifest_entry(name, entry, out_dir)
-    # Measure what ships: the fp16 file reloaded through the public loader.
-    reloaded = load_pretrained(name, out_dir)
-    accuracy = held_out_accuracy(reloaded, args.held_out)
-    entry["held_out"] = {"accuracy": round(accuracy, 4), "images": args.held_out, "seed": HELD_OUT_SEED}
-    write_manifest_entry(name, entry, out_dir)
-    print(f"[{name}] trained in {train_time:.0f} s; held-out accuracy {accuracy:.2%} on {args.held_out} images")
-    return entry
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces ``args`` (out-dir omitted when it is the package's)."""
-    parts = ["captum-vit", "train-models", "--models", *args.models, "--train-size", str(args.train_size)]
-    if args.epochs is not None:
-        parts += ["--epochs", str(args.epochs)]
-    parts += ["--batch-size", str(args.batch_size), "--held-out", str(args.held_out), "--seed", str(args.seed)]
-    parts += ["--threads", str(args.threads), "--workers", str(args.workers)]
-    if Path(args.out_dir).resolve() != WEIGHTS_DIR:
-        parts += ["--out-dir", str(args.out_dir)]
-    return " ".join(parts)
+    return model.cpu().eval(), record
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from captum_vit.distributed import init_distributed, shutdown
+    from captum_vit.models.pretrained import load_entry
+    from captum_vit.models.registry import register_weights, write_entry
+
+    check(args)
     torch.set_num_threads(args.threads)
-    for name in args.models:
-        train_one(name, args)
+    ctx = init_distributed()
+    try:
+        for name in args.models:
+            model, record = train_one(name, args, ctx.device)
+            if ctx.rank != 0:
+                continue
+            state, spec = model.state_dict(), manifest_spec(RECIPES[name])
+            entry = register_weights(
+                name, "classifier", state, args.out, storage_dtype=torch.float16, training=record, **spec
+            )
+            # Measure what ships: the fp16 file reloaded through the public loader.
+            accuracy = held_out_accuracy(load_entry(entry), args.held_out)
+            held_out = {"accuracy": round(accuracy, 4), "images": args.held_out, "seed": HELD_OUT_SEED}
+            entry = dataclasses.replace(entry, held_out=held_out)
+            write_entry(entry)
+            wrote(entry.path, f"{name}, held-out accuracy {accuracy:.2%} on {args.held_out} images")
+            if args.register:
+                registered = register_weights(
+                    args.register, "classifier", state, registry_folder(args), storage_dtype=torch.float16,
+                    training=record, held_out=held_out, **spec,
+                )  # fmt: skip
+                wrote(registered.path, f"registered as {args.register!r}")
+    finally:
+        shutdown(ctx)
     return 0

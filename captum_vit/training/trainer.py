@@ -22,9 +22,11 @@ What it does
 * under ``torchrun`` (or any initialised ``torch.distributed`` process group) the model is
   wrapped in ``DistributedDataParallel``, each rank takes ``batch_size // world_size``
   examples of every global batch, and only rank 0 validates and writes checkpoints.
-  :func:`init_distributed` sets up the process group from torchrun's environment
-  (gloo on CPU, nccl on CUDA). With a deterministic per-example-mean loss, 2-process
-  training equals 1-process training with the same global ``batch_size``.
+  :func:`captum_vit.distributed.init_distributed` joins torchrun's launch (gloo on CPU, nccl
+  on CUDA). With a deterministic per-example-mean loss, 2-process training equals 1-process
+  training with the same global ``batch_size``;
+* a dataset with a ``set_epoch(epoch)`` method is told each epoch before it is read, so it
+  can render fresh examples per epoch (as the classifiers' training does).
 
 Requirements on the caller: ``loss_fn`` should return a mean over the examples of the batch
 (DDP averages the ranks' gradients); randomness inside ``loss_fn`` must come from torch,
@@ -51,20 +53,20 @@ Examples
 from __future__ import annotations
 
 import math
-import os
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
+
+from captum_vit.distributed import is_distributed, rank, world_size
+from captum_vit.training.checkpoint import atomic_save, load_checkpoint, move_to, rng_state, set_rng_state
 
 LossOutput = Tensor | tuple[Tensor, Mapping[str, float]]
 LossFn = Callable[[nn.Module, Any], LossOutput]
@@ -87,89 +89,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
-
-
-# ----------------------------------------------------------------------- distributed
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def init_distributed() -> torch.device:
-    """Initialise ``torch.distributed`` from torchrun's environment when it is set.
-
-    Uses nccl when CUDA is available (one GPU per local rank), gloo otherwise. Without
-    torchrun's variables it does nothing. Returns the device this process should train on.
-    """
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1 or is_distributed():
-        if is_distributed() and torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return torch.device("cuda", local)
-    dist.init_process_group("gloo")
-    return torch.device("cpu")
-
-
-# -------------------------------------------------------------------------- helpers
-def move_to(batch: Any, device: torch.device) -> Any:
-    """Move every tensor of a (nested) batch to ``device``."""
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(v, device) for v in batch)
-    return batch
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state: tuple[Any, ...] = tuple(np.random.get_state())
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        # numpy arrays are not allowed by torch.load(weights_only=True): store as a tensor.
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace`` it in: a kill
-    mid-write leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :class:`Trainer` (``weights_only=True``)."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
 def _all_finite(loss: Tensor) -> bool:
@@ -217,6 +136,9 @@ class Trainer:
         Defaults to the device of the model's first parameter.
     collate_fn, num_workers :
         Passed to the ``DataLoader``.
+    drop_last : bool
+        Drop each epoch's last, incomplete batch (default); ``False`` trains on it too, so an
+        epoch is ``ceil(len(dataset) / batch_size)`` steps (per-process counts under DDP).
     progress : bool
         Show the tqdm bar (rank 0 only).
 
@@ -250,6 +172,7 @@ class Trainer:
         device: torch.device | str | None = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         num_workers: int = 0,
+        drop_last: bool = True,
         progress: bool = True,
     ) -> None:
         for name, v in (("batch_size", batch_size), ("max_steps", max_steps)):
@@ -277,7 +200,9 @@ class Trainer:
         self.sampler: DistributedSampler[Any] = DistributedSampler(
             dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed, drop_last=True
         )
-        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        self.drop_last = drop_last
+        per_rank = len(self.sampler)
+        self.steps_per_epoch = per_rank // self.local_batch if drop_last else -(-per_rank // self.local_batch)
         self.step = 0
         self.best_metric: float | None = None
         self.best_step: int | None = None
@@ -290,10 +215,10 @@ class Trainer:
         return self.checkpoint_dir / LAST, self.checkpoint_dir / BEST
 
     def state_dict(self) -> dict[str, Any]:
-        rngs: list[Any] = [_rng_state()]
+        rngs: list[Any] = [rng_state()]
         if is_distributed():
             rngs = [None] * world_size()
-            dist.all_gather_object(rngs, _rng_state())
+            dist.all_gather_object(rngs, rng_state())
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -317,7 +242,7 @@ class Trainer:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         rngs = state["rng"]
-        _set_rng_state(rngs[rank()] if rank() < len(rngs) else rngs[0])
+        set_rng_state(rngs[rank()] if rank() < len(rngs) else rngs[0])
         self.step, self.best_metric, self.best_step = int(state["step"]), state["best_metric"], state["best_step"]
         self.history = list(state.get("history", []))
 
@@ -357,6 +282,9 @@ class Trainer:
     # ---------------------------------------------------------------------- loop
     def _batches(self, epoch: int, skip: int) -> DataLoader:
         self.sampler.set_epoch(epoch)
+        set_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
         indices = list(self.sampler)[skip * self.local_batch : self.steps_per_epoch * self.local_batch]
         # A dedicated generator: DataLoader draws a base seed when iterated, which must not
         # consume the global RNG (a resumed run creates its loader at a different point).
@@ -365,7 +293,7 @@ class Trainer:
             self.dataset,
             batch_size=self.local_batch,
             sampler=indices,
-            drop_last=True,
+            drop_last=self.drop_last,
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             generator=gen,
@@ -436,33 +364,8 @@ class Trainer:
         return record
 
 
-def linear_warmup_decay(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.2
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over ``warmup_fraction`` of ``total_steps``, then linear decay to 0 (the
-    LTX schedule, methods.md §2.4, but computed from the steps actually run)."""
-    if not 0.0 <= warmup_fraction < 1.0:
-        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
-    warm = max(1, int(round(warmup_fraction * total_steps)))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 __all__: Sequence[str] = [
     "NonFiniteLossError",
     "TrainResult",
     "Trainer",
-    "atomic_save",
-    "init_distributed",
-    "is_distributed",
-    "linear_warmup_decay",
-    "load_checkpoint",
-    "move_to",
-    "rank",
-    "world_size",
 ]

@@ -12,8 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_vit.attr import AttentionGradCAM, AttentionRollout, GenericAttention, RawAttention, ViTGradCAM
-from tests.conftest import input_for, make_vit
-from tests.helpers import assert_close
+from captum_vit.testing import assert_close, input_for, make_vit
 
 
 def manual_forward(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
@@ -168,6 +167,9 @@ def test_rollout_discard_and_head_fusion() -> None:
     # per-example discard: example 1 alone == example 1 in the batch (vit-explain only did example 0)
     alone = AttentionRollout(model, discard_ratio=0.5).attribute(x[1:], return_patch_map=True)
     assert_close(alone[0], discarded[1], "fp32_loose")
+    for cls in (AttentionRollout, RawAttention):  # one check, shared with the kernels and MUTEX
+        with pytest.raises(ValueError, match="head_fusion must be one of"):
+            cls(model, head_fusion="median")
 
 
 def test_bilinear_upsampling_matches_interpolate() -> None:
@@ -223,7 +225,7 @@ def test_full_size_timm_models_offline() -> None:
 def test_cnn_gradcam_against_manual_split() -> None:
     """Grad-CAM on timm's resnet10t vs a hook-free split at layer4 (features -> head)."""
     from captum_vit.attr import GradCAM
-    from tests.conftest import make_cnn
+    from captum_vit.testing import make_cnn
 
     model = make_cnn()
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from captum_vit.attr import VisionDiffMask
+from captum_vit.explainers import DiffMaskGates
 from captum_vit.models.hooks import record_hidden_states
-from captum_vit.training.diffmask import DiffMaskGates
-from tests.conftest import input_for, make_vit
-from tests.helpers import assert_close
+from captum_vit.testing import assert_close, input_for, make_vit
 
 
 def reference_map(model: torch.nn.Module, gates: DiffMaskGates, x: torch.Tensor, layer: int) -> torch.Tensor:
@@ -85,7 +84,7 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="embed_dim"):
         VisionDiffMask(make_vit("cls", embed_dim=64), gates=gates)
     with pytest.raises(TypeError):
-        from tests.conftest import make_cnn
+        from captum_vit.testing import make_cnn
 
         VisionDiffMask(make_cnn(), gates=gates)
 
@@ -94,14 +93,14 @@ def test_shipped_gates_are_the_default_on_the_shipped_vit_and_keep_the_predictio
     """The shipped gates are found by the shipped ViT's weight fingerprint (this fails, as it
     should, when the ViT is retrained without retraining its gates), and masking the held-out
     images with their expected keep probability moves the output distribution by about ε."""
+    from captum_vit.data.splits import HELD_OUT_SEED
     from captum_vit.data.synthetic import generate
+    from captum_vit.explainers import kl_divergence
+    from captum_vit.models.preprocess import normalize_for
     from captum_vit.models.pretrained import load_pretrained
-    from captum_vit.training.diffmask import kl_divergence
-    from captum_vit.training.diffmask_train import HELD_OUT_SEED, normaliser
 
     model = load_pretrained("synthetic-vit")
-    mean, std = normaliser(model)
-    x = (generate(32, seed=HELD_OUT_SEED).images - mean) / std
+    x = normalize_for(model, generate(32, seed=HELD_OUT_SEED).images)
     keep = VisionDiffMask(model).attribute(x, return_patch_map=True)
     assert_close(keep, VisionDiffMask(model, gates="synthetic-vit-diffmask").attribute(x, return_patch_map=True))
     gates = load_pretrained("synthetic-vit-diffmask")

@@ -17,8 +17,7 @@ from torch import Tensor, nn
 from captum_vit.attr import IIA
 from captum_vit.models.hooks import record_attention
 from captum_vit.models.vit import ViTAdapter
-from tests.conftest import input_for, make_cnn, make_vit
-from tests.helpers import assert_close
+from captum_vit.testing import assert_close, input_for, make_cnn, make_vit
 
 
 def _levels(n: int) -> list[float]:

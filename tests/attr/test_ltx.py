@@ -11,12 +11,10 @@ from safetensors.torch import save_file
 
 from captum_vit.attr import EEA, LTX, PLTX
 from captum_vit.data.synthetic import generate
-from captum_vit.metrics import model_normalization
+from captum_vit.explainers import LTXObjective, build_explainer, finetune_masks
 from captum_vit.models import load_pretrained
-from captum_vit.models.explainer import build_explainer
-from captum_vit.training.ltx import LTXObjective, finetune_masks
-from tests.conftest import input_for, make_cnn, make_vit
-from tests.helpers import assert_close
+from captum_vit.models.preprocess import model_normalization
+from captum_vit.testing import assert_close, input_for, make_cnn, make_vit
 
 
 def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
@@ -75,7 +73,7 @@ def test_bad_input() -> None:
         LTX(vit, explainer=build_explainer(cnn))
     with pytest.raises(ValueError, match="does not match the explainee"):
         LTX(vit, explainer=build_explainer(make_vit(patch_size=4)))
-    with pytest.raises(ValueError, match="another model"):  # same architecture, other weights
+    with pytest.raises(ValueError, match="fingerprint"):  # same architecture, other weights
         LTX(vit, explainer=build_explainer(make_vit(seed=3)))
     with pytest.raises(ValueError, match="mask_loss"):
         LTX(vit, explainer=build_explainer(vit), mask_loss="kl")
@@ -88,7 +86,7 @@ def test_bad_input() -> None:
 def test_checkpoint_of_another_model_is_rejected(tmp_path: Path) -> None:
     vit = make_vit()
     torch.save({"model": build_explainer(make_vit(seed=5)).state_dict()}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="another model"):
+    with pytest.raises(ValueError, match="fingerprint"):
         LTX(vit, explainer=tmp_path / "other.pt")
     torch.save({"model": build_explainer(make_vit(kind="dist")).state_dict()}, tmp_path / "arch.pt")
     with pytest.raises(ValueError, match="architecture"):

@@ -1,4 +1,4 @@
-"""MUTEX (methods.md §4): statistics on hand-made cases, and the whole method against a
+"""MUTEX (docs/methods.md §4): statistics on hand-made cases, and the whole method against a
 straightforward loop reference (per image, per mask, one forward each; scipy statistics;
 token dropping written out on timm's modules)."""
 
@@ -15,15 +15,14 @@ from torch import nn
 from captum_vit.attr import MUTEX, get_method
 from captum_vit.attr.mutex import STATISTICS, MutexMasks, kept_count_index, node_statistics, quantile_masks
 from captum_vit.models.hooks import record_attention
-from tests.conftest import input_for, make_vit
-from tests.helpers import assert_close
+from captum_vit.testing import assert_close, input_for, make_vit
 
 # ----------------------------------------------------------------- statistics
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def _stats(values: list[float], median: str = "lower") -> dict[str, float]:
     c = torch.tensor(values, dtype=torch.float64)[:, None]  # (layers, 1 node)
-    return dict(zip(STATISTICS, node_statistics(c)[:, 0].tolist()))
+    return dict(zip(STATISTICS, node_statistics(c, median)[:, 0].tolist()))
 
 
 def test_statistics_hand_made_general_node() -> None:
@@ -37,12 +36,32 @@ def test_statistics_hand_made_general_node() -> None:
         "sum": 10.0,
         "std": std,
         "sum_std": 10.0 / std,
-        "median": 2.5,  # even number of layers: mean of the middle two
+        "median": 2.0,  # even number of layers: the lower middle value, as torch.median (official)
         "skewness": 0.0,
         "kurtosis": 2.5625 / 1.5625 - 3.0,  # m4 / m2^2 - 3
     }
     for k, v in expected.items():
         assert s[k] == pytest.approx(v, rel=1e-12, abs=1e-9), k  # 1e-9: rounding of scale-free stats
+    averaged = _stats([1.0, 2.0, 3.0, 4.0], median="mean_of_middle")
+    assert averaged == {**s, "median": 2.5}  # only the median changes: mean of the middle two
+
+
+def test_median_options_differ_only_for_an_even_layer_count() -> None:
+    even = torch.tensor([[4.0, 1.0], [1.0, 1.0], [2.0, 3.0], [8.0, 3.0]], dtype=torch.float64)  # 4 layers, 2 nodes
+    lower, mean = node_statistics(even, "lower"), node_statistics(even, "mean_of_middle")
+    med = STATISTICS.index("median")
+    # sorted node 0: 1 2 4 8 -> lower 2, mean 3; node 1: 1 1 3 3 -> lower 1, mean 2
+    assert lower[med].tolist() == [2.0, 1.0] and mean[med].tolist() == [3.0, 2.0]
+    assert torch.equal(torch.cat([lower[:med], lower[med + 1 :]]), torch.cat([mean[:med], mean[med + 1 :]]))
+    # a constant third node at 2.5 sits between node 0's two medians, so the top token changes
+    three = torch.cat([even, torch.full((4, 1), 2.5, dtype=torch.float64)], dim=1)
+    lo_mask = quantile_masks(node_statistics(three, "lower")[med], 1.0)
+    mean_mask = quantile_masks(node_statistics(three, "mean_of_middle")[med], 1.0)
+    assert lo_mask.tolist() == [False, False, True] and mean_mask.tolist() == [True, False, False]
+    odd = even[:3]
+    assert torch.equal(node_statistics(odd, "lower"), node_statistics(odd, "mean_of_middle"))
+    with pytest.raises(ValueError, match="median"):
+        node_statistics(even, "middle")
 
 
 def test_statistics_hand_made_skewed_node() -> None:
@@ -89,7 +108,9 @@ def test_vote_hand_made() -> None:
 # ------------------------------------------------------------ loop reference
 
 
-def _reference_masks(attn: np.ndarray, p: int, min_cut: float, token_ratio: float, start: int) -> np.ndarray:
+def _reference_masks(
+    attn: np.ndarray, p: int, min_cut: float, token_ratio: float, start: int, median: str
+) -> np.ndarray:
     """One image's ``(54, n)`` masks from its ``(L, heads, N, N)`` attention, in loops."""
     masks = []
     for op in (np.min, np.max, np.sum):
@@ -101,13 +122,15 @@ def _reference_masks(attn: np.ndarray, p: int, min_cut: float, token_ratio: floa
             outs.append(g.sum(axis=1))
         for cent in (np.array(ins), np.array(outs)):  # (layers, n)
             for name in STATISTICS:
-                score = np.array([_node_stat(cent[:, j], name) for j in range(cent.shape[1])])
+                score = np.array([_node_stat(cent[:, j], name, median) for j in range(cent.shape[1])])
                 thr = np.sort(score)[math.ceil(len(score) * token_ratio) - 1]
                 masks.append(score >= thr)
     return np.array(masks)
 
 
-def _node_stat(c: np.ndarray, name: str) -> float:
+def _node_stat(c: np.ndarray, name: str, median: str = "lower") -> float:
+    if name == "median":  # torch.median (the official code) takes the lower middle value; np.median averages
+        return float(np.sort(c)[(len(c) - 1) // 2]) if median == "lower" else float(np.median(c))
     value = _raw_node_stat(c, name)  # scale-free statistics are rounded to 9 decimals (documented)
     return (
         round(value, 9) if name in ("coherence", "sum_std", "skewness", "kurtosis") and math.isfinite(value) else value
@@ -122,7 +145,7 @@ def _raw_node_stat(c: np.ndarray, name: str) -> float:
         return (math.inf if c.sum() > 0 else 0.0) if const else float(c.sum() / np.std(c))
     if name in ("skewness", "kurtosis"):
         return 0.0 if const else float(sps.skew(c) if name == "skewness" else sps.kurtosis(c))
-    fn = {"max": np.max, "min": np.min, "sum": np.sum, "std": np.std, "median": np.median}[name]
+    fn = {"max": np.max, "min": np.min, "sum": np.sum, "std": np.std}[name]
     return float(fn(c))
 
 
@@ -134,8 +157,9 @@ def _forward_kept(model: nn.Module, x1: torch.Tensor, keep: np.ndarray) -> torch
     return model.forward_head(model.norm(model.blocks(model.norm_pre(t))))
 
 
-def _reference(model: nn.Module, x: torch.Tensor, targets: list[int | None], **opts: float) -> tuple:
-    min_cut, ratio, start = opts.get("min_cut", 0.01), opts.get("token_ratio", 0.5), int(opts.get("starting_layer", 0))
+def _reference(model: nn.Module, x: torch.Tensor, targets: list[int | None], **opts: float | str) -> tuple:
+    min_cut, ratio = float(opts.get("min_cut", 0.01)), float(opts.get("token_ratio", 0.5))
+    start, median = int(opts.get("starting_layer", 0)), str(opts.get("median", "lower"))
     all_masks, all_probs = [], []
     with torch.no_grad():
         for i, t in enumerate(targets):
@@ -143,7 +167,9 @@ def _reference(model: nn.Module, x: torch.Tensor, targets: list[int | None], **o
             with record_attention(model) as rec:
                 logits = model(x1)
             t = int(logits.argmax()) if t is None else t
-            masks = _reference_masks(rec.stacked()[:, 0].numpy(), model.num_prefix_tokens, min_cut, ratio, start)
+            masks = _reference_masks(
+                rec.stacked()[:, 0].numpy(), model.num_prefix_tokens, min_cut, ratio, start, median
+            )
             probs = [float(_forward_kept(model, x1, m).softmax(-1)[0, t]) for m in masks]
             all_masks.append(masks)
             all_probs.append(probs)
@@ -157,6 +183,7 @@ def _reference(model: nn.Module, x: torch.Tensor, targets: list[int | None], **o
     [
         ("cls", {}),
         ("cls", {"min_cut": 0.3, "token_ratio": 0.7, "starting_layer": 1}),
+        ("cls", {"median": "mean_of_middle"}),
         ("dist", {}),
         ("reg", {"token_ratio": 0.25}),
         ("avg", {}),
@@ -164,7 +191,7 @@ def _reference(model: nn.Module, x: torch.Tensor, targets: list[int | None], **o
         ("dynamic", {}),  # run at 40x48, not the model's 32x32
     ],
 )
-def test_matches_loop_reference(kind: str, opts: dict[str, float]) -> None:
+def test_matches_loop_reference(kind: str, opts: dict[str, float | str]) -> None:
     model = make_vit(kind)
     x = (
         torch.randn(2, 3, 40, 48, generator=torch.Generator().manual_seed(3))
@@ -232,6 +259,7 @@ def test_registered_and_options_validated() -> None:
         {"head_fusions": ("median",)},
         {"head_fusions": ()},
         {"impl": "cuda"},
+        {"median": "middle"},
     ]
     for opts in bad:
         with pytest.raises(ValueError, match=next(iter(opts))):

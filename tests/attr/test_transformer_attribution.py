@@ -16,9 +16,8 @@ from torch import Tensor, nn
 
 from captum_vit.attr import TransformerAttribution
 from captum_vit.attr._lrp import linear_relevance, propagate, residual_relevance
-from captum_vit.models.hooks import LinearInput, record_lrp_trace
-from tests.conftest import input_for, make_vit
-from tests.helpers import assert_close
+from captum_vit.models.lrp_trace import LinearInput, record_lrp_trace
+from captum_vit.testing import assert_close, input_for, make_vit
 
 METHODS = ("transformer_attribution", "rollout", "last_layer", "full")
 
@@ -286,6 +285,8 @@ def test_rejects_bad_arguments_and_unsupported_models() -> None:
         TransformerAttribution(model, start_layer=2)
     with pytest.raises(ValueError, match="alpha"):
         TransformerAttribution(model, alpha=0.5)
+    with pytest.raises(ValueError, match="impl"):
+        TransformerAttribution(model, impl="gpu")
     with pytest.raises(TypeError, match="nn.Linear"):
         TransformerAttribution(make_vit("cls", num_classes=0))
     with pytest.raises(TypeError, match="Mlp"):

@@ -12,7 +12,7 @@ from captum_vit.data.synthetic import (
     generate,
     render_example,
 )
-from tests.helpers import assert_close
+from captum_vit.testing import assert_close
 
 
 def _colours(image: torch.Tensor, where: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from captum_vit.explainers import build_explainer
 from captum_vit.export import (
     ExplainerMetadata,
     ExportParityError,
@@ -19,10 +20,8 @@ from captum_vit.export import (
 )
 from captum_vit.export.explainers import pltx_export_module
 from captum_vit.export.onnx_export import PARITY_ATOL
-from captum_vit.models.explainer import build_explainer
 from captum_vit.models.vit import upsample_patch_map
-from tests.conftest import input_for, make_cnn, make_vit
-from tests.helpers import TOL, assert_close
+from captum_vit.testing import TOL, assert_close, input_for, make_cnn, make_vit
 
 
 @pytest.fixture(scope="module")

@@ -45,10 +45,10 @@ def test_cache_key_changes_with_every_input(tmp_path: Path) -> None:
 
 def test_int8_export_is_refused_before_any_tensorrt_work(tmp_path: Path) -> None:
     """An int8 (onnxruntime dynamic quantization) file gets a clear error, with or without TensorRT."""
+    from captum_vit.explainers import build_explainer
     from captum_vit.export import export_onnx
     from captum_vit.export.explainers import pltx_export_module
-    from captum_vit.models.explainer import build_explainer
-    from tests.conftest import make_vit
+    from captum_vit.testing import make_vit
 
     vit = make_vit("cls")
     module, meta = pltx_export_module(build_explainer(vit).eval(), vit)
@@ -91,11 +91,11 @@ def test_unavailable_errors_are_clear(tmp_path: Path) -> None:
 def test_build_and_run_engine(tmp_path: Path) -> None:  # pragma: no cover - needs a GPU
     import torch
 
+    from captum_vit.explainers import build_explainer
     from captum_vit.export import FastExplainer, export_onnx
     from captum_vit.export.explainers import pltx_export_module
     from captum_vit.export.tensorrt import TensorRTExplainer
-    from captum_vit.models.explainer import build_explainer
-    from tests.conftest import input_for, make_vit
+    from captum_vit.testing import input_for, make_vit
 
     vit = make_vit("cls")
     module, meta = pltx_export_module(build_explainer(vit).eval(), vit)

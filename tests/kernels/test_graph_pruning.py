@@ -7,7 +7,7 @@ import torch
 
 from captum_vit.kernels import attention_graph_centralities
 from captum_vit.kernels.graph_pruning import attention_graph_centralities_reference
-from tests.helpers import assert_close
+from captum_vit.testing import assert_close
 
 FUSIONS = ["mean", "max", "min", "sum"]
 
@@ -92,7 +92,7 @@ def test_triton_matches_reference_fp16(triton_device: torch.device) -> None:
 
 def test_tiny_vit_mutex_maps_identical(triton_device: torch.device) -> None:
     from captum_vit.attr.mutex import MUTEX
-    from tests.conftest import make_vit
+    from captum_vit.testing import make_vit
 
     model = make_vit("cls").to(triton_device)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(triton_device)

@@ -7,7 +7,7 @@ import torch
 
 from captum_vit.kernels import apply_mask
 from captum_vit.kernels.mask import apply_mask_reference
-from tests.helpers import assert_close
+from captum_vit.testing import assert_close
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -99,9 +99,9 @@ def test_triton_matches_reference_fp16(triton_device: torch.device, mode: str) -
 
 
 def test_tiny_vit_ltx_masked_input_and_gradient(triton_device: torch.device) -> None:
-    """LTX's step (methods.md §2.2): explainee(normalise(x ⊙ upsample(sigmoid(logits)))) → CE;
+    """LTX's step (docs/methods.md §2.2): explainee(normalise(x ⊙ upsample(sigmoid(logits)))) → CE;
     the masked input and the gradient reaching the mask logits agree across impls."""
-    from tests.conftest import make_vit
+    from captum_vit.testing import make_vit
 
     model = make_vit("cls").to(triton_device)
     g = torch.Generator().manual_seed(5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from captum_vit.kernels import perturbation_batch
-from tests.helpers import assert_close
+from captum_vit.testing import assert_close
 
 
 def _loop_reference(

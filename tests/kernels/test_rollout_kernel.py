@@ -7,7 +7,7 @@ import torch
 
 from captum_vit.kernels import attention_rollout, rollout_step
 from captum_vit.kernels.rollout import rollout_step_reference
-from tests.helpers import assert_close
+from captum_vit.testing import assert_close
 
 
 def _fused(b: int, n: int, seed: int) -> torch.Tensor:
@@ -51,7 +51,7 @@ def test_triton_matches_reference_fp16(triton_device: torch.device) -> None:
 
 def test_tiny_vit_rollout_identical(triton_device: torch.device) -> None:
     from captum_vit.models.hooks import record_attention
-    from tests.conftest import make_vit
+    from captum_vit.testing import make_vit
 
     model = make_vit("reg").to(triton_device)  # 5 prefix tokens: N = 21
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(triton_device)
@@ -81,13 +81,14 @@ def test_unnormalised_factor_reference_and_triton(triton_device: torch.device) -
 
 @pytest.mark.parametrize("kind", ["cls", "reg"])
 def test_tiny_vit_method_maps_identical(triton_device: torch.device, kind: str) -> None:
-    """Rollout and GAE maps with impl='reference' and impl='triton' (issue 8's done-when)."""
-    from captum_vit.attr import AttentionRollout, GenericAttention
-    from tests.conftest import input_for, make_vit
+    """Rollout, GAE and T-Attr maps with impl='reference' and impl='triton' (issue 8's done-when)."""
+    from captum_vit.attr import AttentionRollout, GenericAttention, TransformerAttribution
+    from captum_vit.testing import input_for, make_vit
 
     model = make_vit(kind).to(triton_device)
     x = input_for(model, batch=2).to(triton_device)
-    for cls, opts in ((AttentionRollout, {"discard_ratio": 0.5}), (GenericAttention, {})):
+    cases = ((AttentionRollout, {"discard_ratio": 0.5}), (GenericAttention, {}), (TransformerAttribution, {}))
+    for cls, opts in cases:
         ref = cls(model, impl="reference", **opts).attribute(x, target=[1, 3], return_patch_map=True)
         got = cls(model, impl="triton", **opts).attribute(x, target=[1, 3], return_patch_map=True)
         assert_close(got, ref, "kernel", cls.__name__)

@@ -17,11 +17,9 @@ from captum_vit.metrics import (
     segmentation_scores,
     segmentation_stats,
 )
-from captum_vit.metrics._common import normalize
 from captum_vit.metrics.segmentation import SegmentationStats
-from tests.conftest import make_cnn
-from tests.helpers import assert_close
-from tests.metrics.region_model import RegionModel, top_left_region
+from captum_vit.models.preprocess import normalize
+from captum_vit.testing import RegionModel, assert_close, make_cnn, top_left_region
 
 
 def test_adp_pic_analytic_on_region_model() -> None:

@@ -18,9 +18,7 @@ from captum_vit.metrics import (
     rise_deletion_auc,
     rise_insertion_auc,
 )
-from tests.conftest import make_vit
-from tests.helpers import assert_close
-from tests.metrics.region_model import RegionModel, top_left_region
+from captum_vit.testing import RegionModel, assert_close, make_vit, top_left_region
 
 
 def _loop_curve(model: nn.Module, images: Tensor, scores: Tensor, labels: Tensor, fractions, most_first: bool):

@@ -12,14 +12,9 @@ from torch import nn
 
 from captum_vit.data.synthetic import NUM_CLASSES, generate
 from captum_vit.models import ViTAdapter, list_pretrained, load_pretrained
-from captum_vit.models.pretrained import (
-    WEIGHTS_DIR,
-    ChecksumError,
-    load_verified_state_dict,
-    pretrained_entry,
-    read_manifest,
-    sha256_file,
-)
+from captum_vit.models.preprocess import normalize_for
+from captum_vit.models.pretrained import ChecksumError, load_verified_state_dict
+from captum_vit.models.registry import SHIPPED_DIR, find_entry, read_manifest, sha256_file
 
 SHIPPED = ["synthetic-vit", "synthetic-resnet"]
 #: Fresh held-out seed: neither a training seed (1000+) nor the manifest's held-out seed.
@@ -43,24 +38,17 @@ def held_out() -> tuple[torch.Tensor, torch.Tensor]:
     return batch.images, batch.labels
 
 
-def _normalise(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    cfg = model.pretrained_cfg
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    return (images - mean) / std
-
-
 def test_shipped_names_are_listed() -> None:
     assert set(SHIPPED) <= set(list_pretrained())
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_manifest_matches_files_and_size_budget(name: str) -> None:
-    entry = pretrained_entry(name)
-    assert sha256_file(WEIGHTS_DIR / entry["file"]) == entry["sha256"]
-    assert entry["held_out"]["accuracy"] >= 0.97
-    assert entry["training"]["command"].startswith("captum-vit train-models")
-    total = sum((WEIGHTS_DIR / e["file"]).stat().st_size for e in read_manifest().values())
+    entry = find_entry(name, SHIPPED_DIR)
+    assert entry.kind == "classifier" and sha256_file(entry.path) == entry.sha256
+    assert entry.held_out["accuracy"] >= 0.97
+    assert entry.training["command"].startswith("captum-vit train-models")
+    total = sum(e.path.stat().st_size for e in read_manifest().values())
     assert total <= 15 * 2**20
 
 
@@ -77,7 +65,7 @@ def test_loads_plain_timm_model_in_eval_mode_with_its_preprocessing(
     assert not cfg.get("url") and not cfg.get("hf_hub_id")
     images, labels = held_out
     with torch.no_grad():
-        accuracy = (model(_normalise(model, images)).argmax(-1) == labels).float().mean().item()
+        accuracy = (model(normalize_for(model, images)).argmax(-1) == labels).float().mean().item()
     assert accuracy >= 0.97, f"{name}: {accuracy:.3f} on 300 fresh held-out images"
 
 
@@ -90,10 +78,10 @@ def test_vit_is_a_class_token_vit_with_six_blocks_and_an_8x8_grid() -> None:
 
 
 def _copy_weights(tmp_path: Path, name: str) -> Path:
-    entry = pretrained_entry(name)
-    shutil.copy(WEIGHTS_DIR / "manifest.json", tmp_path / "manifest.json")
-    shutil.copy(WEIGHTS_DIR / entry["file"], tmp_path / entry["file"])
-    return tmp_path / entry["file"]
+    entry = find_entry(name, SHIPPED_DIR)
+    shutil.copy(SHIPPED_DIR / "manifest.json", tmp_path / "manifest.json")
+    shutil.copy(entry.path, tmp_path / entry.file)
+    return tmp_path / entry.file
 
 
 def test_tampered_weights_raise_checksum_error(tmp_path: Path) -> None:
@@ -119,8 +107,8 @@ def test_unknown_name_lists_known_names() -> None:
 
 
 def test_verified_state_dict_is_reusable_and_float32() -> None:
-    entry = pretrained_entry("synthetic-resnet")
-    state = load_verified_state_dict(WEIGHTS_DIR / entry["file"], entry["sha256"])
+    entry = find_entry("synthetic-resnet", SHIPPED_DIR)
+    state = load_verified_state_dict(entry.path, entry.sha256)
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     with pytest.raises(ChecksumError):
-        load_verified_state_dict(WEIGHTS_DIR / entry["file"], "0" * 64)
+        load_verified_state_dict(entry.path, "0" * 64)

@@ -10,17 +10,17 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from captum_vit.data.synthetic import SyntheticDataset
-from captum_vit.models.hooks import record_hidden_states
-from captum_vit.training.diffmask import (
+from captum_vit.explainers import (
     DiffMaskGates,
     DiffMaskObjective,
     hard_concrete_sample,
     kl_divergence,
     log_prob_nonzero,
 )
+from captum_vit.models.hooks import record_hidden_states
+from captum_vit.testing import assert_close, input_for, make_vit
+from captum_vit.training.diffmask import diffmask_optimizer
 from captum_vit.training.trainer import Trainer
-from tests.conftest import input_for, make_vit
-from tests.helpers import assert_close
 
 
 # ----------------------------------------------------------------- hard concrete
@@ -131,7 +131,7 @@ def test_multiplier_moves_with_the_constraint(epsilon: float, direction: int) ->
     torch.manual_seed(0)
     model = make_vit("cls")
     obj = DiffMaskObjective(model, DiffMaskGates.for_model(model, seed=0), epsilon=epsilon)
-    opt = obj.optimizer(lr_alpha=0.3)
+    opt = diffmask_optimizer(obj, lr_alpha=0.3)
     before = obj.alphas.detach().clone()
     out = obj(input_for(model, batch=2), layer=2)
     opt.zero_grad()
@@ -147,7 +147,7 @@ def test_multipliers_are_clipped() -> None:
     model = make_vit("cls")
     for epsilon, alpha0, bound in ((-1.0, 199.9, 200.0), (50.0, 0.1, 0.0)):
         obj = DiffMaskObjective(model, DiffMaskGates.for_model(model, seed=0), epsilon=epsilon, alpha_init=alpha0)
-        opt = obj.optimizer(lr_alpha=1.0)
+        opt = diffmask_optimizer(obj, lr_alpha=1.0)
         for _ in range(3):
             opt.zero_grad()
             obj(input_for(model, batch=2), layer=0)["loss"].backward()
@@ -180,7 +180,7 @@ def _fixed_loss(obj: DiffMaskObjective, images: torch.Tensor) -> float:
 
 def _trainer(obj: DiffMaskObjective, data: TensorDataset, steps: int, **kw: object) -> Trainer:
     # Multipliers frozen (lr 0): the gates then minimise a fixed objective, which must fall.
-    opt = obj.optimizer(lr=1e-3, lr_placeholder=1e-3, lr_alpha=0.0)
+    opt = diffmask_optimizer(obj, lr=1e-3, lr_placeholder=1e-3, lr_alpha=0.0)
     return Trainer(obj, opt, lambda net, b: net(b[0])["loss"], data, 8, steps, progress=False, seed=5, **kw)
 
 

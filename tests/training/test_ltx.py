@@ -9,10 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captum_vit.models.explainer import build_explainer
-from captum_vit.training.ltx import LTXObjective, default_mask_weight, finetune_masks, mask_loss
-from tests.conftest import make_cnn, make_vit
-from tests.helpers import assert_close
+from captum_vit.explainers import LTXObjective, build_explainer, default_mask_weight, finetune_masks, mask_loss
+from captum_vit.testing import assert_close, make_cnn, make_vit
 
 MEAN, STD = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.5])
 

@@ -1,8 +1,7 @@
-"""pLTX pretraining: best checkpoint kept, explainee untouched, export with a manifest entry."""
+"""pLTX pretraining: best checkpoint kept, explainee untouched, saved and registered explainers."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,19 +11,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from captum_vit.attr import LTX, PLTX
 from captum_vit.cli import main
 from captum_vit.data.synthetic import SyntheticDataset
-from captum_vit.models.explainer import build_explainer, model_fingerprint
-from captum_vit.models.pretrained import load_pretrained, sha256_file, write_manifest_entry
-from captum_vit.training.ltx_pretrain import export_explainer, pretrain_ltx
-from captum_vit.training.trainer import LAST, load_checkpoint
-from tests.conftest import make_vit
-from tests.helpers import assert_close
+from captum_vit.explainers import build_explainer
+from captum_vit.models.fingerprint import model_fingerprint
+from captum_vit.models.pretrained import load_pretrained
+from captum_vit.models.registry import SHIPPED_DIR, find_entry, user_registry_dir
+from captum_vit.testing import assert_close, input_for, make_vit
+from captum_vit.training.checkpoint import load_checkpoint
+from captum_vit.training.ltx_pretrain import pretrain_ltx
+from captum_vit.training.trainer import LAST
 
 
-def test_pretraining_keeps_best_checkpoint_and_leaves_explainee(tmp_path: Path, tiny_weights: Path) -> None:
+def test_pretraining_keeps_best_checkpoint_and_leaves_explainee(tmp_path: Path) -> None:
     model = make_vit()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     explainer, res = pretrain_ltx(
@@ -34,6 +36,7 @@ def test_pretraining_keeps_best_checkpoint_and_leaves_explainee(tmp_path: Path, 
         steps=4,
         batch_size=4,
         lr=1e-3,
+        mask_weight=3.0,
         checkpoint_dir=tmp_path,
         checkpoint_every=2,
         validate_every=2,
@@ -50,12 +53,14 @@ def test_pretraining_keeps_best_checkpoint_and_leaves_explainee(tmp_path: Path, 
     assert all(p.grad is None for p in model.parameters()) and not model.training
     assert explainer.explainee_fingerprint == model_fingerprint(model)
 
-    path = export_explainer(explainer, "tiny-pltx", "tiny", {"command": "test"}, weights_dir=tiny_weights)
-    entry = json.loads((tiny_weights / "manifest.json").read_text())["models"]["tiny-pltx"]
-    assert entry["sha256"] == sha256_file(path) and entry["explainee_sha256"] == model_fingerprint(model)
-    stored = load_file(str(path))  # float16 storage, the fingerprint buffer unchanged
-    assert torch.equal(stored["head.0.weight"], explainer.head[0].weight.half())
-    assert torch.equal(stored["explainee_sha256"], explainer.explainee_sha256) and entry["storage_dtype"] == "float16"
+    # A saved explainer carries its explainee's fingerprint and its λ: LTX(model, explainer=file).
+    explainer.save(tmp_path / "best.safetensors")
+    stored = load_file(str(tmp_path / "best.safetensors"))
+    assert torch.equal(stored["explainee_sha256"], explainer.explainee_sha256)
+    from_file = LTX(model, explainer=tmp_path / "best.safetensors", finetune_steps=0)
+    assert from_file.mask_weight == 3.0
+    x = input_for(model, batch=2)
+    assert_close(from_file.attribute(x), PLTX(model, explainer=explainer).attribute(x), "exact")
 
 
 def test_bad_target_option() -> None:
@@ -63,27 +68,9 @@ def test_bad_target_option() -> None:
         pretrain_ltx(make_vit(), SyntheticDataset(4, image_size=32), steps=1, batch_size=4, target="gt")
 
 
-@pytest.fixture
-def tiny_weights(tmp_path: Path) -> Path:
-    """A folder holding a manifest with one tiny shipped-style ViT, ``"tiny"`` (``make_vit()``)."""
-    tmp_path = tmp_path / "weights"
-    tmp_path.mkdir()
-    model = make_vit()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "tiny.safetensors"))
-    entry = {
-        "file": "tiny.safetensors",
-        "sha256": sha256_file(tmp_path / "tiny.safetensors"),
-        "timm_name": "vit_tiny_patch16_224",
-        "kwargs": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5),
-        "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.22] * 3, "num_classes": 5},
-    }
-    write_manifest_entry("tiny", entry, tmp_path)
-    return tmp_path
-
-
-def _cli_args(weights: Path, out: Path, *extra: str) -> list[str]:
+def _cli_args(out: Path, *extra: str) -> list[str]:
     return [
-        "pretrain-ltx", "--explainee", "tiny", "--weights-dir", str(weights), "--out", str(out),
+        "pretrain-ltx", "--explainee", "tiny", "--out", str(out),
         "--steps", str(CLI_STEPS), "--batch-size", "4", "--train-size", "16", "--val-size", "4",
         "--checkpoint-every", "4", "--validate-every", "20", "--lr", "1e-3", "--no-progress", *extra,
     ]  # fmt: skip
@@ -109,26 +96,42 @@ def _kill_after_first_checkpoint(args: list[str], out: Path) -> int | None:
     return int(load_checkpoint(out / LAST)["step"])
 
 
-def test_cli_run_killed_mid_way_and_resumed_equals_uninterrupted(tiny_weights: Path) -> None:
-    assert main(_cli_args(tiny_weights, tiny_weights / "ref")) == 0
-    ref = load_checkpoint(tiny_weights / "ref" / LAST)
+def test_cli_run_killed_mid_way_and_resumed_equals_uninterrupted(tiny_home: Path) -> None:
+    shipped_manifest = (SHIPPED_DIR / "manifest.json").read_bytes()
+    assert main(_cli_args(tiny_home / "ref")) == 0
+    ref = load_checkpoint(tiny_home / "ref" / LAST)
     for attempt in range(3):  # the kill races the (fast) run; a finished run is retried
-        out = tiny_weights / f"killed{attempt}"
-        step = _kill_after_first_checkpoint(_cli_args(tiny_weights, out), out)
+        out = tiny_home / f"killed{attempt}"
+        step = _kill_after_first_checkpoint(_cli_args(out), out)
         if step is not None:
             break
     else:
         pytest.fail("the pretrain-ltx subprocess always finished before it could be killed")
     assert 0 < step < CLI_STEPS
-    assert main(_cli_args(tiny_weights, out, "--resume", "--export", "tiny-pltx")) == 0
+    assert main(_cli_args(out, "--resume", "--register", "tiny-pltx")) == 0
     resumed = load_checkpoint(out / LAST)
     assert resumed["step"] == ref["step"] == CLI_STEPS
     for name, value in ref["model"].items():
         assert_close(resumed["model"][name], value, "fp32", msg=name)
     assert not torch.equal(ref["model"]["head.2.weight"], build_explainer(make_vit()).head[2].weight)
-    # The export holds the best checkpoint (float16 storage) and names the explainee's weights.
-    shipped = load_pretrained("tiny-pltx", tiny_weights)
+
+    # The registered explainer is the best checkpoint (float16 storage), in the user registry,
+    # keyed by the explainee's fingerprint; LTX(model) picks it up; the package is not written.
+    entry = find_entry("tiny-pltx")
+    model = load_pretrained("tiny")
+    assert entry.kind == "pltx" and entry.folder == user_registry_dir() and entry.storage_dtype == "float16"
+    assert entry.explainee == "tiny" and entry.explainee_fingerprint == model_fingerprint(model)
+    assert "--register tiny-pltx" in entry.training["command"]
+    assert (SHIPPED_DIR / "manifest.json").read_bytes() == shipped_manifest
+    registered = load_pretrained("tiny-pltx")
     best = load_checkpoint(out / "best.pt")["model"]
-    for name, value in shipped.state_dict().items():
+    for name, value in registered.state_dict().items():
         assert_close(value, best[name].half().float() if value.is_floating_point() else best[name], "exact", msg=name)
-    assert shipped.explainee_fingerprint == model_fingerprint(load_pretrained("tiny", tiny_weights))
+    ltx = LTX(model, finetune_steps=0)
+    assert ltx.mask_weight == registered.mask_weight
+    for name, value in registered.state_dict().items():
+        assert_close(ltx.explainer.state_dict()[name], value, "exact", msg=name)
+    # best.safetensors in --out is the float32 best checkpoint itself
+    exact = LTX(model, explainer=out / "best.safetensors", finetune_steps=0).explainer
+    for name, value in exact.state_dict().items():
+        assert_close(value, best[name], "exact", msg=name)

@@ -16,13 +16,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from captum_vit.training.trainer import (
-    NonFiniteLossError,
-    Trainer,
-    linear_warmup_decay,
-    load_checkpoint,
-)
-from tests.helpers import assert_close
+from captum_vit.testing import assert_close
+from captum_vit.training.checkpoint import load_checkpoint
+from captum_vit.training.schedules import linear_warmup_decay
+from captum_vit.training.trainer import NonFiniteLossError, Trainer
 
 
 def _data() -> TensorDataset:
@@ -155,7 +152,9 @@ DDP_SCRIPT = textwrap.dedent(
     import sys, torch, torch.distributed as dist
     from torch import nn
     from torch.utils.data import TensorDataset
-    from captum_vit.training.trainer import Trainer, init_distributed, linear_warmup_decay, rank
+    from captum_vit.distributed import init_distributed
+    from captum_vit.training.schedules import linear_warmup_decay
+    from captum_vit.training.trainer import Trainer
 
     def run(out):
         init_distributed()

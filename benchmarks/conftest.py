@@ -1,6 +1,0 @@
-"""Benchmarks import the tiny offline models of the test suite."""
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

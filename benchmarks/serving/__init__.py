@@ -1,0 +1,1 @@
+"""Load and fault tests of ``captum-vit serve`` (loopback only, bounded)."""

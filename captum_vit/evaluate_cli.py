@@ -1,0 +1,165 @@
+"""``captum-vit evaluate``: model x methods x dataset -> the papers' metrics table.
+
+    captum-vit evaluate --model synthetic-vit --methods gae,rollout --num-images 256 --format json
+    torchrun --nproc-per-node 2 -m captum_vit.cli evaluate --model synthetic-vit
+
+Under ``torchrun`` every rank evaluates its shard and rank 0 writes the table
+(:func:`captum_vit.evaluate.evaluate`). Everything a user can get wrong (model, methods,
+metric groups, dataset folder, output paths) is checked by :func:`check`, before the
+evaluation starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from captum_vit._cli_common import CLIError, input_file, name_list, non_negative_int, output_file, positive_int, wrote
+from captum_vit._io import atomic_write
+from captum_vit.attr import list_methods
+from captum_vit.data.splits import BENCHMARK_SEED
+from captum_vit.distributed import init_distributed, shutdown
+from captum_vit.evaluate import ORACLES, build_methods, evaluate, model_kind
+from captum_vit.metrics.baselines import BASELINES
+from captum_vit.metrics.report import METRIC_GROUPS
+
+DATASETS = ("synthetic", "imagenet-val", "imagenet-seg", "voc", "coco")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="synthetic-vit", help="shipped model name (captum_vit.models.list_pretrained)")
+    p.add_argument("--methods", default=None, help="comma-separated method names (default: all for the model)")
+    p.add_argument("--dataset", choices=DATASETS, default="synthetic", help="dataset (default synthetic)")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset folder or file (real datasets)")
+    p.add_argument("--labels-file", type=Path, default=None, help="label file of a flat ImageNet val folder")
+    p.add_argument(
+        "--num-images",
+        type=positive_int,
+        default=None,
+        help="synthetic images (default 64), or the first N of a real dataset (default all)",
+    )
+    p.add_argument("--pairs", type=non_negative_int, default=32, help="two-object synthetic images (class sensitivity)")
+    p.add_argument("--seed", type=int, default=BENCHMARK_SEED, help="synthetic dataset seed (not a training seed)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per attribution batch")
+    p.add_argument("--metrics", default=",".join(METRIC_GROUPS), help=f"metric groups among {METRIC_GROUPS}")
+    p.add_argument("--explain", choices=("predicted", "target"), default="predicted")
+    p.add_argument("--baseline", choices=BASELINES, default="black", help="removal baseline (default black)")
+    p.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    p.add_argument("--out", type=Path, default=None, help="write the table to this file instead of standard output")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of every method's perturbation curves")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def load_model(name: str) -> nn.Module:
+    """A shipped model by name (a ``ValueError`` lists the known names)."""
+    from captum_vit.models.pretrained import load_pretrained
+
+    return load_pretrained(name)
+
+
+def build_dataset(args: argparse.Namespace, image_size: int) -> Dataset[Any]:
+    from torch.utils.data import Subset
+
+    from captum_vit.data import loaders, loaders_coco, loaders_segmentation
+    from captum_vit.data.synthetic import SyntheticDataset
+
+    n = args.num_images
+    if args.dataset == "synthetic":
+        return SyntheticDataset(64 if n is None else n, seed=args.seed, image_size=image_size)
+    ds: Dataset[Any]
+    if args.dataset == "imagenet-val":
+        labels = None if args.labels_file is None else input_file(args.labels_file, "--labels-file")
+        ds = loaders.ImageNetValFolder(args.data_root, labels, image_size)
+    elif args.dataset == "imagenet-seg":
+        ds = loaders_segmentation.ImageNetSegmentation(args.data_root, image_size)
+    elif args.dataset == "voc":
+        ds = loaders_segmentation.VOCSegmentation(args.data_root, image_size=image_size)
+    else:
+        ds = loaders_coco.COCOInstances(args.data_root, image_size=image_size)
+    return ds if n is None else Subset(ds, range(min(n, len(ds))))  # type: ignore[arg-type]
+
+
+@dataclass
+class Plan:
+    """What :func:`check` resolved from the command line, for :func:`run`."""
+
+    model: nn.Module
+    methods: list[str]
+    groups: list[str]
+    dataset: Dataset[Any]
+    pairs: Dataset[Any] | None
+
+
+def check(args: argparse.Namespace) -> None:
+    """Resolve and check every argument before the evaluation; sets ``args.plan``.
+
+    Raises
+    ------
+    CLIError, ValueError, FileNotFoundError
+        An unwritable ``--out``/``--plot``, unknown metric groups, an unknown model or
+        method (or one the model does not support), a missing dataset. Without
+        ``--methods``, the methods that cannot be built for the model are skipped with a note.
+    """
+    from captum_vit.data.synthetic import SyntheticDataset
+
+    if args.out is not None:
+        output_file(args.out, "--out")
+    groups = name_list(args.metrics, "--metrics", METRIC_GROUPS, "metric group")
+    if args.plot is not None:
+        output_file(args.plot, "--plot", (".png", ".pdf", ".svg"))
+        if not {"perturbation", "rise"} & set(groups):
+            raise CLIError("--plot draws perturbation curves: add 'perturbation' or 'rise' to --metrics")
+    if args.dataset != "synthetic" and args.data_root is None:
+        raise CLIError(f"--data-root is required for --dataset {args.dataset}")
+    if args.data_root is not None and not args.data_root.exists():
+        raise CLIError(f"--data-root: no such file or folder: {args.data_root}")
+    model = load_model(args.model)
+    cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    dataset = build_dataset(args, size)
+    pairs = None
+    if args.dataset == "synthetic" and args.pairs > 0:
+        pairs = SyntheticDataset(args.pairs, seed=args.seed + 1, objects=2, image_size=size)
+    if args.methods:
+        methods = name_list(args.methods, "--methods", [*list_methods(), *ORACLES], "method")
+        build_methods(model, methods)  # builds (and drops) each method now, so a bad one fails before compute
+    else:
+        methods = []
+        for name in list_methods(model_kind(model)):
+            try:
+                build_methods(model, [name])
+                methods.append(name)
+            except (ValueError, TypeError) as e:  # e.g. a learned explainer with no weights for this model
+                print(f"captum-vit evaluate: skipping {name}: {e}", file=sys.stderr)
+    args.plan = Plan(model, methods, groups, dataset, pairs)
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "plan", None) is None:
+        check(args)
+    plan: Plan = args.plan
+    ctx = init_distributed()  # a CUDA device when there is one (cuda:LOCAL_RANK under torchrun)
+    try:
+        result = evaluate(
+            plan.model.to(ctx.device), plan.methods, plan.dataset, plan.pairs, args.batch_size, plan.groups,
+            args.explain, args.baseline, progress=not args.no_progress,
+        )  # fmt: skip
+    finally:
+        shutdown(ctx)
+    if result is None:  # a non-zero rank
+        return 0
+    text = {"markdown": result.to_markdown, "csv": result.to_csv, "json": result.to_json}[args.format]()
+    if args.out is not None:
+        atomic_write(args.out, lambda tmp: tmp.write_text(text))
+        wrote(args.out, f"{args.format} table")
+    else:
+        print(text)
+    if args.plot is not None:
+        wrote(result.plot(args.plot), "perturbation curves")
+    return 0

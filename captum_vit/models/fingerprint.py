@@ -1,0 +1,78 @@
+"""One fingerprint for a model's weights: which exact weights an explainer was trained for.
+
+Registered explainers (:mod:`captum_vit.models.registry`), LTX explainer networks (a buffer in
+their state dict), DiffMask gate files and exported ONNX graphs all store this digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import torch
+from torch import nn
+
+#: What a fingerprint looks like: a sha256 hex digest.
+FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the names, shapes and float32 bytes of ``model``'s state (parameters and
+    buffers, in sorted name order).
+
+    Floating-point tensors are hashed as float32, so a model stored in float16 and loaded back
+    as float32 has one fingerprint whatever its storage; the digest does not depend on the
+    device or on the order in which modules were registered.
+
+    Returns
+    -------
+    str
+        64 lowercase hex characters.
+
+    Examples
+    --------
+    >>> a = nn.Linear(2, 2)
+    >>> b = nn.Linear(2, 2)
+    >>> _ = b.load_state_dict(a.state_dict())
+    >>> model_fingerprint(a) == model_fingerprint(b), len(model_fingerprint(a))
+    (True, 64)
+    >>> with torch.no_grad():
+    ...     _ = b.bias.add_(1)
+    >>> model_fingerprint(a) == model_fingerprint(b)
+    False
+    """
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        t = value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype).contiguous()
+        digest.update(f"{name}:{tuple(t.shape)};".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def is_fingerprint(value: object) -> bool:
+    """Whether ``value`` is a :func:`model_fingerprint` (64 lowercase hex characters).
+
+    Examples
+    --------
+    >>> is_fingerprint("0" * 64), is_fingerprint("052ca09f3ae066a0")
+    (True, False)
+    """
+    return isinstance(value, str) and FINGERPRINT_PATTERN.fullmatch(value) is not None
+
+
+def check_fingerprint(expected: str, model: nn.Module, what: str = "explainer") -> None:
+    """Raise ``ValueError`` unless ``model``'s fingerprint is ``expected``; the message names both.
+
+    Examples
+    --------
+    >>> check_fingerprint("0" * 64, nn.Linear(1, 1))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: explainer was trained for the model with weights fingerprint 000...; this model's fingerprint is ...
+    """
+    actual = model_fingerprint(model)
+    if actual != expected:
+        raise ValueError(
+            f"{what} was trained for the model with weights fingerprint {expected}; this model's fingerprint "
+            f"is {actual} (other architecture or other weights): train or register one for this model"
+        )

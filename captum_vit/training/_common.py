@@ -1,0 +1,109 @@
+"""What the training commands share: the record of the command that produced a result, and
+where ``--register NAME`` writes (the user registry, or the package with the maintainers'
+``--ship``).
+
+Light at import (argparse and the standard library only), so that ``captum-vit <command>
+--help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from captum_vit._cli_common import CLIError, output_dir
+
+
+def command_line(command: str, add_arguments: Callable[[argparse.ArgumentParser], None], args: Any) -> str:
+    """The ``captum-vit`` command that reproduces ``args``: every option whose value differs
+    from its default, in the order the command declares them.
+
+    Parameters
+    ----------
+    command : str
+        The subcommand, e.g. ``"pretrain-ltx"``.
+    add_arguments : callable
+        The subcommand's ``add_arguments``, which defines the options and their defaults.
+    args : argparse.Namespace
+        The parsed options.
+
+    Examples
+    --------
+    >>> def add(p):
+    ...     p.add_argument("--lr", type=float, default=1e-3)
+    ...     p.add_argument("--models", nargs="+", default=["a"])
+    ...     p.add_argument("--resume", action="store_true")
+    ...     p.add_argument("--out", type=Path, default=Path("runs/x"))
+    >>> ns = argparse.Namespace(lr=1e-3, models=["a", "b"], resume=True, out=Path("my run"))
+    >>> command_line("demo", add, ns)
+    "captum-vit demo --models a b --resume --out 'my run'"
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    parts = ["captum-vit", command]
+    for action in parser._actions:
+        if not action.option_strings:
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *(str(v) for v in value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def add_register_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--register NAME`` and the maintainers' hidden ``--ship``."""
+    parser.add_argument(
+        "--register",
+        metavar="NAME",
+        default=None,
+        help=f"also add the {what} to the user registry under NAME ($CAPTUM_VIT_HOME/weights, default "
+        "~/.cache/captum_vit/weights), where the explanation methods find it by the model's fingerprint",
+    )
+    # Maintainers only: the shipped weights are produced by these commands (captum_vit.training).
+    parser.add_argument("--ship", action="store_true", help=argparse.SUPPRESS)
+
+
+def registry_folder(args: argparse.Namespace) -> Path:
+    """Where ``--register`` writes: the package's shipped folder with ``--ship``, else the user
+    registry."""
+    from captum_vit.models.registry import SHIPPED_DIR, user_registry_dir
+
+    return SHIPPED_DIR if getattr(args, "ship", False) else user_registry_dir()
+
+
+def check_register(args: argparse.Namespace) -> None:
+    """Check ``--register NAME`` before training: a valid name, not a shipped one (unless
+    ``--ship``), and a registry folder that can be written."""
+    from captum_vit.models.registry import NAME_PATTERN, SHIPPED_DIR, read_manifest
+
+    if args.ship and not args.register:
+        raise CLIError("--ship needs --register NAME")
+    if not args.register:
+        return
+    if not NAME_PATTERN.fullmatch(args.register):
+        raise CLIError(f"--register: {args.register!r} is not a valid name (letters, digits, '.', '_', '-')")
+    if not args.ship and args.register in read_manifest(SHIPPED_DIR):
+        raise CLIError(f"--register: {args.register!r} is shipped with captum_vit; choose another name")
+    output_dir(registry_folder(args), "--register")
+
+
+def registered_model(name: str, flag: str, kind: str = "classifier") -> Any:
+    """The registry entry of ``name`` (user registry or shipped), or a :class:`CLIError`."""
+    from captum_vit.models.registry import all_entries
+
+    entries = all_entries()
+    entry = entries.get(name)
+    if entry is None or entry.kind != kind:
+        known = sorted(n for n, e in entries.items() if e.kind == kind)
+        raise CLIError(f"{flag}: {name!r} is not a registered {kind}; known: {', '.join(known)}")
+    return entry

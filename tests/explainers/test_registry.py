@@ -1,0 +1,101 @@
+"""Finding the explainer of a model: registered by fingerprint, explicit files, refused mismatches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from captum_vit.attr import LTX, PLTX, VisionDiffMask
+from captum_vit.explainers import DiffMaskGates, build_explainer, load_gates, load_ltx_explainer
+from captum_vit.models.fingerprint import model_fingerprint
+from captum_vit.models.registry import register_weights
+from captum_vit.testing import assert_close, input_for, make_cnn, make_vit
+
+ARCH = {
+    "timm_name": "vit_tiny_patch16_224",
+    "kwargs": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5),
+    "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 5},
+}
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CAPTUM_VIT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    e = build_explainer(model)
+    with torch.no_grad():
+        e.head[-1].weight.normal_(0, 0.5)
+    return e
+
+
+def test_ltx_finds_the_explainer_registered_for_the_models_weights() -> None:
+    model, other = make_vit(), make_vit(seed=4)
+    explainer = _trained_looking(model)
+    explainer.mask_weight = 5.0
+    register_weights(
+        "mine-pltx", "pltx", explainer.state_dict(), metadata=explainer.weights_metadata(),
+        explainee="mine", explainee_fingerprint=model_fingerprint(model),
+        kwargs={"architecture": ARCH, "mask_weight": 5.0},
+    )  # fmt: skip
+    x = input_for(model, batch=2)
+    found = LTX(model, finetune_steps=0)
+    assert found.mask_weight == 5.0
+    assert_close(found.attribute(x), PLTX(model, explainer=explainer).attribute(x), "exact")
+    assert_close(PLTX(model, explainer="mine-pltx").attribute(x), found.attribute(x), "exact")
+    with pytest.warns(UserWarning, match="UNTRAINED"):  # other weights: nothing registered for them
+        LTX(other, finetune_steps=0)
+    with pytest.raises(ValueError, match="neither a file nor a registered pltx explainer.*mine-pltx"):
+        LTX(model, explainer="nope")
+
+
+def test_explicit_explainer_file(tmp_path: Path) -> None:
+    model = make_vit()
+    explainer = _trained_looking(model)
+    explainer.mask_weight = 7.0
+    explainer.save(tmp_path / "best.safetensors")
+    x = input_for(model, batch=2)
+    ltx = LTX(model, explainer=str(tmp_path / "best.safetensors"), finetune_steps=0)
+    assert ltx.mask_weight == 7.0
+    assert_close(ltx.attribute(x), PLTX(model, explainer=explainer).attribute(x), "exact")
+
+
+def test_mismatched_ltx_explainer_is_refused_naming_both_fingerprints(tmp_path: Path) -> None:
+    model, other = make_vit(), make_vit(seed=3)
+    theirs, ours = model_fingerprint(other), model_fingerprint(model)
+    _trained_looking(other).save(tmp_path / "other.safetensors")
+    both = f"trained for .* fingerprint {theirs}; this model's fingerprint is {ours}"
+    for spec in (tmp_path / "other.safetensors", build_explainer(other)):
+        with pytest.raises(ValueError, match=both):
+            load_ltx_explainer(spec, model)
+    with pytest.raises(ValueError, match="architecture does not match"):
+        load_ltx_explainer(build_explainer(make_cnn()), model)
+
+
+def test_diffmask_registered_explicit_and_mismatched_gates(tmp_path: Path) -> None:
+    model, other = make_vit(), make_vit(seed=3)
+    gates = DiffMaskGates.for_model(model, seed=0)
+    x = input_for(model, batch=2)
+    with pytest.raises(ValueError, match=f"needs gate networks trained for this model .*{model_fingerprint(model)}"):
+        VisionDiffMask(model)
+    register_weights(
+        "mine-diffmask", "diffmask", gates.state_dict(), explainee="mine",
+        explainee_fingerprint=model_fingerprint(model), kwargs=dict(gates.config),
+    )  # fmt: skip
+    expected = VisionDiffMask(model, gates=gates).attribute(x)
+    assert_close(VisionDiffMask(model).attribute(x), expected, "exact")  # found by fingerprint
+    gates.save(tmp_path / "best.safetensors")
+    assert_close(VisionDiffMask(model, gates=tmp_path / "best.safetensors").attribute(x), expected, "exact")
+    theirs, ours = model_fingerprint(other), model_fingerprint(model)
+    with pytest.raises(ValueError, match=f"fingerprint {ours}; this model's fingerprint is {theirs}"):
+        VisionDiffMask(other, gates=tmp_path / "best.safetensors")
+    with pytest.raises(ValueError, match="neither a file nor a registered diffmask"):
+        load_gates("nope", model)
+    with pytest.raises(TypeError, match="gates must be"):
+        load_gates(3, model)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fingerprint must be"):
+        DiffMaskGates(32, 4, fingerprint="052ca09f3ae066a0")  # the short, unsorted digest of 0.1
