@@ -44,7 +44,7 @@ SKIP: dict[str, str] = {
         "needs TensorRT and a CUDA GPU"
     ),
 }
-#: Folders the README's commands write to: not linked into the working folder.
+#: Not linked into the working folder: where the README's commands write, and git's data.
 OUTPUTS = ("out", "runs", ".git")
 
 
@@ -109,8 +109,8 @@ def without_comment(command: str) -> str:
 def shrink(command: str) -> str:
     for written, run in SHRINK:
         command = command.replace(written, run)
-    if command.startswith("make "):  # never (re)install the environment from a test
-        command = "make -o .venv/.installed " + command[len("make ") :]
+    if command.startswith("make "):  # never (re)install the environment; use the test's interpreter
+        command = 'make -o .venv/.installed BIN="${PYTHON%/*}" ' + command[len("make ") :]
     return command
 
 
@@ -190,6 +190,6 @@ def test_shell_command_extraction() -> None:
     block = Block("S", 10, "console", "$ captum-vit demo \\\n    --out x  # a comment\noutput line\n$ ls")
     assert shell_commands(block) == [(10, "captum-vit demo --out x  # a comment"), (13, "ls")]
     assert without_comment("captum-vit demo --out x  # a comment") == "captum-vit demo --out x"
-    assert shrink("make demo") == "make -o .venv/.installed demo DEMO_ARGS=" + shlex.quote(
+    assert shrink("make demo") == 'make -o .venv/.installed BIN="${PYTHON%/*}" demo DEMO_ARGS=' + shlex.quote(
         "--num-images 1 --num-eval 2 --repeats 1 --methods gae,rollout,pltx"
     )

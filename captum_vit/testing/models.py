@@ -94,17 +94,20 @@ def make_cnn(seed: int = 0, **overrides: Any) -> nn.Module:
     return timm.create_model("resnet10t", pretrained=False, num_classes=NUM_CLASSES, **overrides).eval()
 
 
-def input_for(model: nn.Module, batch: int = 3, seed: int = 1) -> Tensor:
-    """Standard-normal images of the size ``model`` takes (32x32 for a CNN).
+def input_for(model: nn.Module, batch: int = 3, seed: int = 1, size: tuple[int, int] | None = None) -> Tensor:
+    """Standard-normal images of ``size``, by default the size ``model`` takes (32x32 for a CNN).
 
     Examples
     --------
     >>> input_for(make_vit("rect"), batch=2).shape
     torch.Size([2, 3, 48, 64])
+    >>> input_for(make_cnn(), batch=1, size=(64, 64)).shape
+    torch.Size([1, 3, 64, 64])
     """
     g = torch.Generator().manual_seed(seed)
-    pe = getattr(model, "patch_embed", None)
-    size = tuple(pe.img_size) if pe is not None else (32, 32)
+    if size is None:
+        pe = getattr(model, "patch_embed", None)
+        size = (int(pe.img_size[0]), int(pe.img_size[1])) if pe is not None else (32, 32)
     return torch.randn(batch, 3, *size, generator=g)
 
 

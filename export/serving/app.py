@@ -26,7 +26,7 @@ from captum_vit.export.serving.batcher import DynamicBatcher
 from captum_vit.export.serving.config import ServeConfig, ServeError
 from captum_vit.export.serving.engine import ServedModel
 from captum_vit.export.serving.images import heatmap_png
-from captum_vit.export.serving.requests import parse_request, read_body
+from captum_vit.export.serving.request_parsing import parse_request, read_body
 from captum_vit.export.serving.telemetry import LOGGER_NAME, Metrics
 
 log = logging.getLogger(LOGGER_NAME)

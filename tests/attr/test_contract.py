@@ -25,6 +25,7 @@ from filelock import FileLock
 from torch import nn
 
 from captum_vit.attr import EEA, get_method, list_methods
+from captum_vit.models import ViTAdapter
 from captum_vit.testing import (
     ALL_VIT_KINDS,
     NUM_CLASSES,
@@ -52,6 +53,19 @@ Builder = Callable[..., Attribution]
 def _model(kind: str) -> nn.Module:
     # A narrow ResNet: LTX/EEA finetune a copy of it per image, which dominates the test time.
     return make_cnn(channels=(8, 16, 32, 64)) if kind == "cnn" else make_vit(kind)
+
+
+def _inputs(model: nn.Module, kind: str, batch: int) -> torch.Tensor:
+    # CNN maps live on the last stage's grid (stride 32): 64x64 images give a 2x2 map, not 1x1.
+    return input_for(model, batch=batch, size=(64, 64) if kind == "cnn" else None)
+
+
+def _grid(model: nn.Module, kind: str, x: torch.Tensor) -> tuple[int, ...]:
+    """The map's grid, from the model's own geometry."""
+    if kind == "cnn":
+        with torch.no_grad():
+            return tuple(model.forward_features(x[:1]).shape[-2:])
+    return ViTAdapter(model).grid_size((x.shape[-2], x.shape[-1]))
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +115,7 @@ def test_shape_batch_consistency_determinism(name: str, kind: str, build: Builde
     model = _model(kind)
     before = snapshot(model)
     method = build(name, model)
-    x = input_for(model, batch=3)
+    x = _inputs(model, kind, 3)
     targets = [0, 3, 1]
     batched = method.attribute(x, target=targets)
     assert batched.shape == x.shape and batched.dtype == x.dtype and batched.device == x.device
@@ -115,7 +129,7 @@ def test_shape_batch_consistency_determinism(name: str, kind: str, build: Builde
     assert isinstance(out, tuple) and len(out) == 1
     assert_close(out[0], batched, "exact", "tuple in, tuple out")
     patches = method.attribute(x, target=targets, return_patch_map=True)
-    assert patches.dim() == 3 and patches.shape[0] == 3 and torch.isfinite(patches).all()
+    assert patches.shape == (3, *_grid(model, kind, x)) and torch.isfinite(patches).all()
     assert_close(method.attribute(x[1:2], target=3, return_patch_map=True)[0], patches[1], "fp32_loose")
     if kind == "dynamic":  # any size that holds whole patches: 40x48 is a 5x6 grid of 8x8 patches
         y = torch.randn(2, 3, 40, 48, generator=torch.Generator().manual_seed(5))
@@ -133,7 +147,7 @@ def test_additional_forward_args(name: str, kind: str, build: Builder) -> None:
     plain = _model(kind)
     weighted = with_class_weights(plain)
     options = None if name == FAST else options_for("ltx" if name == "eea" else name, plain)  # shared learned parts
-    x = input_for(plain, batch=3)
+    x = _inputs(plain, kind, 3)
     targets = [0, 3, 1]
     before = snapshot(weighted)
     method = build(name, weighted, options)
@@ -162,7 +176,7 @@ def test_target_none_is_prediction_and_no_grad(name: str, kind: str, build: Buil
     model = _model(kind)
     before = snapshot(model)
     method = build(name, model)
-    x = input_for(model, batch=2)
+    x = _inputs(model, kind, 2)
     with torch.no_grad():
         pred = model(x).argmax(1)
     expected = method.attribute(x, target=pred)
@@ -176,7 +190,7 @@ def test_target_none_is_prediction_and_no_grad(name: str, kind: str, build: Buil
 def test_hooks_and_flags_restored_after_exception(name: str, kind: str, build: Builder) -> None:
     model = _model(kind)
     method = build(name, model)
-    x = input_for(model, batch=2)
+    x = _inputs(model, kind, 2)
     method.attribute(x[:1], target=0)  # methods may cache lazily built state; warm up first
 
     class Boom(nn.Module):
@@ -204,7 +218,7 @@ def test_bad_targets_and_inputs(name: str, kind: str, build: Builder) -> None:
     model = _model(kind)
     before = snapshot(model)
     method = build(name, model)
-    x = input_for(model, batch=2)
+    x = _inputs(model, kind, 2)
     with pytest.raises(ValueError, match="target"):
         method.attribute(x, target=NUM_CLASSES)
     with pytest.raises(ValueError, match="target"):
@@ -237,7 +251,7 @@ def test_captum_consumers(name: str, kind: str, build: Builder, tmp_path: Path) 
     model = _model(kind)
     before = snapshot(model)
     method = build(name, model)
-    x = input_for(model, batch=2)
+    x = _inputs(model, kind, 2)
     targets = [1, 2]
     # NoiseTunnel expands inputs and per-example targets itself.
     nt = NoiseTunnel(method)

@@ -22,7 +22,7 @@ from captum_vit.export.predict_explain import export_predict_explain, predict_ex
 from captum_vit.export.serving.process import ServerProcess
 from captum_vit.models.fingerprint import model_fingerprint
 from captum_vit.models.preprocess import normalize
-from tests.conftest import make_vit
+from captum_vit.testing import make_vit
 
 
 @dataclass

@@ -20,7 +20,7 @@ from captum_vit.export.serve_cli import add_arguments, check
 from captum_vit.export.serving import ServeConfig, ServeError, parse_model_spec
 from captum_vit.export.serving.batcher import DynamicBatcher
 from captum_vit.export.serving.images import decode_image
-from captum_vit.export.serving.requests import wants_png
+from captum_vit.export.serving.request_parsing import wants_png
 from tests.export.test_serve_support import png_bytes, random_pixels, tiny_exports
 
 META = ExplainerMetadata((3, 8, 8), (2, 2), (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), "ltx", "")
