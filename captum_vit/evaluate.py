@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from captum_vit.attr import get_method, list_methods, method_info
@@ -173,6 +173,7 @@ def evaluate(
     baseline: str = "black",
     method_options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> EvaluationResult | None:
     """Evaluate attribution methods on a dataset; sharded when running under torch.distributed.
 
@@ -201,6 +202,8 @@ def evaluate(
         Constructor keyword arguments per method name.
     progress : bool
         Show a tqdm bar (rank 0 only).
+    num_workers : int
+        ``DataLoader`` worker processes loading the images (into pinned memory on CUDA).
 
     Returns
     -------
@@ -245,9 +248,12 @@ def evaluate(
         total = sum((len(s) + batch_size - 1) // batch_size for s in shards) * len(names)
         bar = tqdm(total=total, disable=not progress or rank != 0, file=sys.stderr, desc="evaluate")
         for (ds, tag), shard in zip(jobs, shards, strict=True):
-            for start in range(0, len(shard), batch_size):
+            loader = DataLoader(
+                ds, batch_size, sampler=shard, collate_fn=_collate, num_workers=num_workers,
+                pin_memory=device.type == "cuda",
+            )  # fmt: skip
+            for start, (images, labels, masks) in zip(range(0, len(shard), batch_size), loader, strict=True):
                 idx = shard[start : start + batch_size]
-                images, labels, masks = _collate([ds[i] for i in idx])
                 offset = 0 if tag == "single" else len(dataset)  # type: ignore[arg-type]
                 recs = _evaluate_batch(
                     model, built, images.to(device), labels.to(device), masks.to(device),

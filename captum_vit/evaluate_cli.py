@@ -1,7 +1,10 @@
 """``captum-vit evaluate``: model x methods x dataset -> the papers' metrics table.
 
     captum-vit evaluate --model synthetic-vit --methods gae,rollout --num-images 256 --format json
+    captum-vit evaluate --model timm:vit_base_patch16_224 --pretrained --dataset imagenet-seg --data-root gtsegs_ijcv.mat
     torchrun --nproc-per-node 2 -m captum_vit.cli evaluate --model synthetic-vit
+
+Any model of :mod:`captum_vit.models.spec` on any dataset of :mod:`captum_vit.data.datasets`.
 
 Under ``torchrun`` every rank evaluates its shard and rank 0 writes the table
 (:func:`captum_vit.evaluate.evaluate`). Everything a user can get wrong (model, methods,
@@ -20,24 +23,22 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from captum_vit._cli_common import CLIError, input_file, name_list, non_negative_int, output_file, positive_int, wrote
+from captum_vit._cli_common import CLIError, name_list, non_negative_int, output_file, positive_int, wrote
 from captum_vit._io import atomic_write
 from captum_vit.attr import list_methods
+from captum_vit.data.datasets import add_data_arguments, dataset_from_args, first
 from captum_vit.data.splits import BENCHMARK_SEED
 from captum_vit.distributed import init_distributed, shutdown
 from captum_vit.evaluate import ORACLES, build_methods, evaluate, model_kind
+from captum_vit.hardware import add_hardware_arguments, apply_threads, check_hardware
 from captum_vit.metrics.baselines import BASELINES
 from captum_vit.metrics.report import METRIC_GROUPS
-
-DATASETS = ("synthetic", "imagenet-val", "imagenet-seg", "voc", "coco")
+from captum_vit.models.spec import add_model_arguments, model_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="synthetic-vit", help="shipped model name (captum_vit.models.list_pretrained)")
+    add_model_arguments(p)
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all for the model)")
-    p.add_argument("--dataset", choices=DATASETS, default="synthetic", help="dataset (default synthetic)")
-    p.add_argument("--data-root", type=Path, default=None, help="dataset folder or file (real datasets)")
-    p.add_argument("--labels-file", type=Path, default=None, help="label file of a flat ImageNet val folder")
     p.add_argument(
         "--num-images",
         type=positive_int,
@@ -54,35 +55,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="write the table to this file instead of standard output")
     p.add_argument("--plot", type=Path, default=None, help="PNG of every method's perturbation curves")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_data_arguments(p)
+    add_hardware_arguments(p)
 
 
-def load_model(name: str) -> nn.Module:
-    """A shipped model by name (a ``ValueError`` lists the known names)."""
-    from captum_vit.models.pretrained import load_pretrained
-
-    return load_pretrained(name)
-
-
-def build_dataset(args: argparse.Namespace, image_size: int) -> Dataset[Any]:
-    from torch.utils.data import Subset
-
-    from captum_vit.data import loaders, loaders_coco, loaders_segmentation
-    from captum_vit.data.synthetic import SyntheticDataset
-
+def build_dataset(args: argparse.Namespace, model: nn.Module) -> Dataset[Any]:
+    """The evaluation images: ``--num-images`` synthetic ones, or the first ``--num-images``
+    of the dataset (its unreadable files reported first, :func:`~captum_vit.data.datasets.check_images`)."""
     n = args.num_images
     if args.dataset == "synthetic":
-        return SyntheticDataset(64 if n is None else n, seed=args.seed, image_size=image_size)
-    ds: Dataset[Any]
-    if args.dataset == "imagenet-val":
-        labels = None if args.labels_file is None else input_file(args.labels_file, "--labels-file")
-        ds = loaders.ImageNetValFolder(args.data_root, labels, image_size)
-    elif args.dataset == "imagenet-seg":
-        ds = loaders_segmentation.ImageNetSegmentation(args.data_root, image_size)
-    elif args.dataset == "voc":
-        ds = loaders_segmentation.VOCSegmentation(args.data_root, image_size=image_size)
-    else:
-        ds = loaders_coco.COCOInstances(args.data_root, image_size=image_size)
-    return ds if n is None else Subset(ds, range(min(n, len(ds))))  # type: ignore[arg-type]
+        return dataset_from_args(args, model, synthetic_images=64 if n is None else n, seed=args.seed)
+    return first(dataset_from_args(args, model), n)
 
 
 @dataclass
@@ -103,11 +86,10 @@ def check(args: argparse.Namespace) -> None:
     ------
     CLIError, ValueError, FileNotFoundError
         An unwritable ``--out``/``--plot``, unknown metric groups, an unknown model or
-        method (or one the model does not support), a missing dataset. Without
-        ``--methods``, the methods that cannot be built for the model are skipped with a note.
+        method (or one the model does not support), a missing dataset, unreadable images
+        (with ``--on-bad-image fail``), a device this machine lacks. Without ``--methods``,
+        the methods that cannot be built for the model are skipped with a note.
     """
-    from captum_vit.data.synthetic import SyntheticDataset
-
     if args.out is not None:
         output_file(args.out, "--out")
     groups = name_list(args.metrics, "--metrics", METRIC_GROUPS, "metric group")
@@ -115,17 +97,14 @@ def check(args: argparse.Namespace) -> None:
         output_file(args.plot, "--plot", (".png", ".pdf", ".svg"))
         if not {"perturbation", "rise"} & set(groups):
             raise CLIError("--plot draws perturbation curves: add 'perturbation' or 'rise' to --metrics")
+    check_hardware(args)
     if args.dataset != "synthetic" and args.data_root is None:
         raise CLIError(f"--data-root is required for --dataset {args.dataset}")
-    if args.data_root is not None and not args.data_root.exists():
-        raise CLIError(f"--data-root: no such file or folder: {args.data_root}")
-    model = load_model(args.model)
-    cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
-    size = int(cfg.get("input_size", (3, 224, 224))[-1])
-    dataset = build_dataset(args, size)
-    pairs = None
+    model = model_from_args(args)
+    dataset = build_dataset(args, model)
+    pairs = None  # two-object images exist in the synthetic benchmark only
     if args.dataset == "synthetic" and args.pairs > 0:
-        pairs = SyntheticDataset(args.pairs, seed=args.seed + 1, objects=2, image_size=size)
+        pairs = dataset_from_args(args, model, synthetic_images=args.pairs, seed=args.seed + 1, objects=2)
     if args.methods:
         methods = name_list(args.methods, "--methods", [*list_methods(), *ORACLES], "method")
         build_methods(model, methods)  # builds (and drops) each method now, so a bad one fails before compute
@@ -144,11 +123,12 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "plan", None) is None:
         check(args)
     plan: Plan = args.plan
-    ctx = init_distributed()  # a CUDA device when there is one (cuda:LOCAL_RANK under torchrun)
+    apply_threads(args)
+    ctx = init_distributed(args.device)  # default: a CUDA device when there is one (cuda:LOCAL_RANK under torchrun)
     try:
         result = evaluate(
             plan.model.to(ctx.device), plan.methods, plan.dataset, plan.pairs, args.batch_size, plan.groups,
-            args.explain, args.baseline, progress=not args.no_progress,
+            args.explain, args.baseline, progress=not args.no_progress, num_workers=args.workers,
         )  # fmt: skip
     finally:
         shutdown(ctx)

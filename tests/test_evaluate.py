@@ -51,7 +51,7 @@ def test_evaluate_matches_direct_metric_calls() -> None:
 
 
 def test_cli_json_csv_markdown_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setattr(ev_cli, "load_model", lambda name: _tiny_vit())
+    monkeypatch.setattr(ev_cli, "model_from_args", lambda args: _tiny_vit())
     args = ["evaluate", "--model", "tiny", "--methods", "rollout", "--num-images", "3", "--pairs", "0", "--no-progress",
             "--metrics", "perturbation,rise"]  # fmt: skip
     assert main([*args, "--format", "json", "--plot", str(tmp_path / "curves.png")]) == 0
@@ -72,7 +72,7 @@ def test_bad_input_errors(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     assert main(["evaluate", "--model", "no-such-model", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("captum-vit evaluate: error: ") and err.count("\n") == 1
-    assert "unknown pretrained model name 'no-such-model'" in err
+    assert "'no-such-model' is not a registered classifier" in err
     with pytest.raises(ValueError, match="empty dataset"):
         ev.evaluate(_tiny_vit(), ["rollout"], [], progress=False)
     with pytest.raises(ValueError, match="does not support cnn"):
@@ -81,7 +81,7 @@ def test_bad_input_errors(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
         ev.evaluate(_tiny_vit(), ["nope"], SyntheticDataset(1, image_size=32), progress=False)
     with pytest.raises(ValueError, match="metric groups"):
         ev.evaluate(_tiny_vit(), ["rollout"], SyntheticDataset(1, image_size=32), groups=("speed",), progress=False)
-    monkeypatch.setattr(ev_cli, "load_model", lambda name: _tiny_vit())
+    monkeypatch.setattr(ev_cli, "model_from_args", lambda args: _tiny_vit())
     assert main(["evaluate", "--dataset", "voc", "--no-progress"]) == 2
     assert capsys.readouterr().err == "captum-vit evaluate: error: --data-root is required for --dataset voc\n"
 
@@ -133,7 +133,7 @@ def test_cli_on_a_voc_folder_scores_segmentation_only(tmp_path: Path, monkeypatc
     from tests.data.fake_datasets import write_voc as _write_voc
 
     _write_voc(tmp_path / "VOC2012")
-    monkeypatch.setattr(ev_cli, "load_model", lambda name: _tiny_vit())
+    monkeypatch.setattr(ev_cli, "model_from_args", lambda args: _tiny_vit())
     argv = ["evaluate", "--dataset", "voc", "--data-root", str(tmp_path / "VOC2012"), "--methods", "oracle:gt",
             "--format", "json", "--no-progress"]  # fmt: skip
     assert main(argv) == 0

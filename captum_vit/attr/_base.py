@@ -2,12 +2,17 @@
 
 A method implements one function, ``_patch_map(x, target, forward_args) -> (B, h, w)``;
 this base handles captum's calling conventions (inputs first, tuple-in/tuple-out, every
-target form, ``additional_forward_args``, grad re-enabled under ``no_grad``), input
-validation and the upsampling to the input's shape.
+target form, ``additional_forward_args``, grad re-enabled under ``no_grad`` and
+``inference_mode``), input validation, the private view of the model each call explains
+(:func:`captum_vit.models.view.private_view`) and the upsampling to the input's shape.
 """
 
 from __future__ import annotations
 
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -25,13 +30,21 @@ from torch import Tensor, nn
 from captum_vit.attr._targets import format_targets, resolve_targets
 from captum_vit.models.cnn import SUPPORTED_CNNS, CNNAdapter
 from captum_vit.models.preprocess import model_logits
+from captum_vit.models.view import private_view, unwrap_compiled
 from captum_vit.models.vit import SUPPORTED_VITS, ViTAdapter, upsample_patch_map
 
 Adapter = ViTAdapter | CNNAdapter
+OutputFn = Callable[[Any], Tensor]
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+#: Benchmarks only (``benchmarks/speed/test_bench_methods.py``): instrument the user's model
+#: directly, as before the private view existed, to measure the view's overhead.
+_instrument_user_model = False
 
 
 def make_adapter(model: nn.Module, kinds: tuple[str, ...]) -> Adapter:
-    """The adapter for ``model`` among the supported ``kinds`` (``"vit"``, ``"cnn"``)."""
+    """The adapter for ``model`` (a ``torch.compile`` wrapper is unwrapped) among the supported
+    ``kinds`` (``"vit"``, ``"cnn"``)."""
+    model = unwrap_compiled(model)
     errors = []
     for kind in kinds:
         try:
@@ -93,40 +106,99 @@ def patch_map_output(
     return _format_output(is_tuple, (out,))  # type: ignore[return-value]
 
 
-def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
-    """A submodule of ``model`` given as a module or its dotted name.
+class EmptyMapWarning(UserWarning):
+    """Some images got an all-zero map. It is what the method's definition gives (a clamp or
+    ReLU at zero), but it carries no information; the message names the images."""
+
+
+def warn_if_empty(cam: Tensor, method: str, why: str) -> None:
+    """Warn with :class:`EmptyMapWarning` when any map of the ``(B, ...)`` batch ``cam`` is all
+    zero (never silently return an empty map).
+
+    Examples
+    --------
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_if_empty(torch.tensor([[0.0, 1.0], [0.0, 0.0]]), "GradCAM", "ReLU of a negative sum")
+    >>> str(caught[0].message)
+    'GradCAM: the map of image(s) [1] is all zero (ReLU of a negative sum)'
+    """
+    empty = torch.nonzero(cam.flatten(1).amax(dim=1) <= 0).flatten().tolist()
+    if empty:
+        warnings.warn(f"{method}: the map of image(s) {empty} is all zero ({why})", EmptyMapWarning, stacklevel=4)
+
+
+def layer_path(model: nn.Module, layer: nn.Module | str) -> str:
+    """The dotted name of a submodule of ``model`` given as a module or its dotted name.
+
+    Methods keep the name and look the layer up in each call's private view of the model.
 
     Raises
     ------
     ValueError
         If it is not a submodule of ``model``.
+
+    Examples
+    --------
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    >>> layer_path(m, m[1]), layer_path(m, "0")
+    ('1', '0')
     """
+    model = unwrap_compiled(model)
     if isinstance(layer, str):
         try:
-            layer = model.get_submodule(layer)
+            model.get_submodule(layer)
         except AttributeError:
             raise ValueError(f"layer {layer!r} is not a submodule of the model") from None
-    if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
-        raise ValueError("layer must be a submodule of the model (or its dotted name)")
-    return layer
+        return layer
+    if isinstance(layer, nn.Module):
+        for name, m in model.named_modules():
+            if m is layer:
+                return name
+    raise ValueError("layer must be a submodule of the model (or its dotted name)")
+
+
+def _usable(t: Any) -> Any:
+    """A tensor created under ``torch.inference_mode()`` cannot enter an autograd graph: a
+    normal copy of it (other values are returned as they are)."""
+    return t.clone() if isinstance(t, Tensor) and t.is_inference() else t
 
 
 class MapAttribution(GradientAttribution):
     """Base class: a captum ``GradientAttribution`` producing one spatial map per image.
 
+    Every call explains a private view of the model (the same parameter tensors, modules of
+    its own, :func:`~captum_vit.models.view.private_view`) in eval mode: hooks, the unfused
+    attention and any other instrumentation go to the view, so the user's model is never
+    changed, not even during the call, and any number of threads can explain with one model.
+    A model in ``train()`` mode is explained with eval semantics (no dropout), its flag left
+    as it is. A ``torch.compile`` wrapper is explained through the module it compiled (same
+    weights, same function). Gradient methods work under ``torch.inference_mode()``.
+
     Parameters
     ----------
     model : nn.Module
-        The explainee. Never modified: no mode change, no parameter or ``requires_grad``
-        change, no hook left behind.
+        The explainee. Never modified: no mode change, no flag, no parameter or
+        ``requires_grad`` change, no hook, not even during a call.
     interpolate_mode : str
         How the patch map is upsampled to the input (``"bilinear"`` as the papers, or
         ``"nearest"``).
+    output_fn : callable, optional
+        Maps the model's output to the scores explained, ``(B, K)`` (``target`` indexes
+        ``K``) or one scalar per image ``(B,)`` (then ``target`` is ``None`` or 0). Needed for a
+        model without a classifier (``num_classes=0``, an embedding model), whose output is
+        not a class score; by default the output is the logits (the mean of a distilled
+        model's two heads).
     """
 
     model_kinds: ClassVar[tuple[str, ...]] = ("vit",)
     #: Default interpolation of the patch map.
     default_interpolate_mode: ClassVar[str] = "bilinear"
+    #: Explain a half-precision model on a float32 view (float32 copies of its weights, for
+    #: the call only): for methods whose result is unstable under half-precision arithmetic.
+    float32_view: ClassVar[bool] = False
+    #: Whether the method differentiates through the model (see :attr:`needs_gradients`).
+    uses_gradients: ClassVar[bool] = True
 
     @property
     def runs_explainee(self) -> bool:
@@ -134,14 +206,30 @@ class MapAttribution(GradientAttribution):
         pLTX explains in one pass of its own network and never calls it)."""
         return True
 
-    def __init__(self, model: nn.Module, interpolate_mode: str | None = None) -> None:
-        self.adapter = make_adapter(model, self.model_kinds)
+    @property
+    def needs_gradients(self) -> bool:
+        """Whether ``attribute`` differentiates through the model."""
+        return self.uses_gradients
+
+    def __init__(self, model: nn.Module, interpolate_mode: str | None = None, output_fn: OutputFn | None = None) -> None:
+        self._adapter = make_adapter(model, self.model_kinds)
         GradientAttribution.__init__(self, model)
         self.model = model
         mode = interpolate_mode or self.default_interpolate_mode
         if mode not in ("bilinear", "nearest", "bicubic"):
             raise ValueError(f"interpolate_mode must be 'bilinear', 'nearest' or 'bicubic', got {mode!r}")
         self.interpolate_mode = mode
+        if output_fn is not None and not callable(output_fn):
+            raise TypeError(f"output_fn must be callable (model output -> scores), got {type(output_fn).__name__}")
+        self.output_fn = output_fn
+        self._call = threading.local()
+
+    @property
+    def adapter(self) -> Adapter:
+        """The model's adapter; inside ``attribute``, the adapter of this call's private view
+        (each thread sees its own)."""
+        current: Adapter | None = getattr(self._call, "adapter", None)
+        return current if current is not None else self._adapter
 
     # -- subclasses implement this ------------------------------------------------
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
@@ -150,14 +238,72 @@ class MapAttribution(GradientAttribution):
         raise NotImplementedError
 
     # -- helpers for subclasses ---------------------------------------------------
+    def _scores(self, output: Any) -> Tensor:
+        """The ``(B, K)`` scores explained, from a model output (see ``output_fn``)."""
+        if self.output_fn is None:
+            return model_logits(output)
+        scores = self.output_fn(output)
+        if not isinstance(scores, Tensor) or scores.dim() not in (1, 2):
+            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ValueError(f"output_fn must return (batch,) or (batch, scores) tensor, got {got}")
+        return scores[:, None] if scores.dim() == 1 else scores
+
     def _forward(self, x: Tensor, forward_args: tuple[Any, ...]) -> Tensor:
-        return model_logits(self.model(x, *forward_args))
+        """The scores of the model this call explains (the private view inside ``attribute``)."""
+        return self._scores(self.adapter.model(x, *forward_args))
 
     @staticmethod
     def _target_score(logits: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
         """The summed target logits (for one backward over the batch) and the resolved targets."""
         idx = resolve_targets(target, logits)
         return logits.gather(1, idx[:, None]).sum(), idx
+
+    @contextmanager
+    def _explaining(self) -> Iterator[Adapter]:
+        """Build this call's private eval-mode view of the model and make :attr:`adapter`
+        refer to it (in this thread) until the call ends; gradients are enabled and inference
+        mode is off inside. Re-entrant (a public helper called by ``attribute`` reuses it)."""
+        current: Adapter | None = getattr(self._call, "adapter", None)
+        if current is not None:
+            yield current
+            return
+        model = self._adapter.model
+        if _instrument_user_model:
+            adapter = self._adapter
+        else:
+            half = self.float32_view and self._adapter.dtype in HALF_DTYPES
+            adapter = type(self._adapter)(private_view(model, torch.float32 if half else None).eval())
+        self._call.adapter = adapter
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                if self.needs_gradients and any(p.is_inference() for p in model.parameters()):
+                    raise RuntimeError(
+                        f"{type(self).__name__} differentiates through the model, but its parameters are "
+                        "inference tensors (the model was created or loaded under torch.inference_mode()); "
+                        "load it outside inference mode (inputs made under inference mode are fine)"
+                    )
+                yield adapter
+        finally:
+            self._call.adapter = None
+
+    def _check_scores(self) -> int:
+        """The number of classes to check targets against (0: checked on the scores).
+
+        Raises
+        ------
+        ValueError
+            For a model without a classifier and no ``output_fn``.
+        """
+        if self.output_fn is not None:
+            return 0
+        n = self._adapter.num_classes
+        if n == 0 and self.runs_explainee:
+            raise ValueError(
+                f"model {type(self._adapter.model).__name__} has no classifier (num_classes=0): its output is an "
+                "embedding, not class scores; pass output_fn=... mapping the model output to (batch, scores) or "
+                "one scalar per image, or create the model with num_classes > 0"
+            )
+        return n
 
     # -- captum entry point -------------------------------------------------------
     @log_usage()
@@ -173,7 +319,8 @@ class MapAttribution(GradientAttribution):
         Parameters
         ----------
         inputs : Tensor or tuple of one Tensor
-            Images ``(B, C, H, W)`` as the model takes them (normalised).
+            Images ``(B, C, H, W)`` as the model takes them (normalised), in the dtype of the
+            model's parameters.
         target : int, tuple, list, Tensor or None
             Any captum target form; ``None`` explains the predicted class.
         additional_forward_args : Any, optional
@@ -190,14 +337,20 @@ class MapAttribution(GradientAttribution):
         Raises
         ------
         TypeError, ValueError
-            For unsupported inputs or targets (the model is left untouched).
+            For unsupported inputs (including a dtype other than the model's) or targets, a
+            model without a classifier and no ``output_fn`` (the model is left untouched).
+        RuntimeError
+            For a gradient method on a model whose parameters were made under
+            ``torch.inference_mode()``.
         """
         is_tuple, images = unpack_single_input(inputs)
-        x = self.adapter.check_input(images, "inputs")
-        idx = format_targets(target, x.shape[0], self.adapter.num_classes)
+        x = self._adapter.check_input(images, "inputs")
+        idx = format_targets(target, x.shape[0], self._check_scores())
         fargs: tuple[Any, ...] = _format_additional_forward_args(additional_forward_args) or ()
-        with torch.enable_grad():
-            pmap = self._patch_map(x.detach(), idx, fargs)
+        with self._explaining():
+            fargs = tuple(_usable(a) for a in fargs)
+            # a float32 view of a half-precision model (``float32_view``) takes float32 images
+            pmap = self._patch_map(_usable(x).detach().to(self.adapter.dtype), _usable(idx), fargs)
         return patch_map_output(pmap, x, is_tuple, return_patch_map, self.interpolate_mode)
 
     def attribute_future(self, *args: Any, **kwargs: Any) -> Any:

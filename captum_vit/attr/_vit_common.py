@@ -1,16 +1,56 @@
 """Shared steps of the attention-graph methods: record attention (and its gradient with
-respect to the target logit) and read a token-relevance matrix at the classifier's rows."""
+respect to the target score) and read a token-relevance matrix at the classifier's rows."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from captum_vit.attr._base import MapAttribution
+from captum_vit.kernels._common import accumulation_dtype
 from captum_vit.models.hooks import record_attention
 from captum_vit.models.vit import ViTAdapter
+
+
+@dataclass(frozen=True)
+class Attentions:
+    """What one forward (and backward) pass recorded, detached.
+
+    ``attn`` ``(L, B, heads, N, N)``: every block's attention; ``grad``: its gradient with
+    respect to the target score (gradient methods only). For an attention-pooled model
+    (``global_pool='map'``), ``pool`` ``(B, heads, N)``: the pooling head's probe attention,
+    and ``pool_grad`` its gradient; ``None`` otherwise.
+    """
+
+    attn: Tensor
+    grad: Tensor | None = None
+    pool: Tensor | None = None
+    pool_grad: Tensor | None = None
+
+
+def residual_normalized(relevance: Tensor) -> Tensor:
+    """GAE's eqs. (8)-(9) (Chefer, Gur & Wolf, ICCV 2021): ``R̄ = norm_rows(R − I) + I``.
+
+    ``R = I + (relevance gained through attention)`` gives every token the same unit of
+    self-relevance (its residual path), which carries nothing about the class. Where several
+    token rows are read together (average or attention pooling) that identity would dominate
+    the map; the official code applies this normalisation where a query reads a
+    self-attention relevance (its rule 10). Rows whose attention part is zero stay as ``I``.
+
+    Examples
+    --------
+    >>> r = torch.tensor([[[1.0, 0.2], [0.0, 1.5]]])
+    >>> residual_normalized(r)
+    tensor([[[1., 1.],
+             [0., 2.]]])
+    """
+    eye = torch.eye(relevance.shape[-1], dtype=relevance.dtype, device=relevance.device)
+    gained = relevance - eye
+    total = gained.sum(dim=-1, keepdim=True)
+    return torch.where(total == 0, gained, gained / torch.where(total == 0, 1, total)) + eye
 
 
 class AttentionAttribution(MapAttribution):
@@ -20,6 +60,7 @@ class AttentionAttribution(MapAttribution):
 
     @property
     def vit(self) -> ViTAdapter:
+        """The ViT adapter (of this call's private view inside ``attribute``)."""
         assert isinstance(self.adapter, ViTAdapter)
         return self.adapter
 
@@ -28,27 +69,57 @@ class AttentionAttribution(MapAttribution):
 
     def _attentions(
         self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...], gradients: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        """``(L, B, heads, N, N)`` attentions and, if ``gradients``, their gradients with
-        respect to the target logits (``torch.autograd.grad``: nothing accumulates into the
-        model's ``.grad``)."""
+    ) -> Attentions:
+        """Every block's attention (and the pool's probe attention) and, if ``gradients``,
+        their gradients with respect to the target scores (``torch.autograd.grad``: nothing
+        accumulates into the model's ``.grad``)."""
         self._check_readout()
         if not gradients:
             with torch.no_grad(), record_attention(self.vit, detach=True) as rec:
                 self._forward(x, forward_args)
-            return rec.stacked(), None
+            attn = rec.stacked()
+            dt = accumulation_dtype(attn.dtype)
+            pool = rec.pool[:, :, 0].to(dt) if rec.pool is not None else None
+            return Attentions(attn.to(dt), pool=pool)
         with record_attention(self.vit) as rec:
             logits = self._forward(x.requires_grad_(True), forward_args)
             score, _ = self._target_score(logits, target)
-            atts = [a for a in rec.attentions if a is not None]
+            atts = [a for a in rec.attentions if a is not None] + ([rec.pool] if rec.pool is not None else [])
             grads = torch.autograd.grad(score, atts, allow_unused=True)
-        attn = torch.stack([a.detach() for a in atts])
-        grad = torch.stack([g if g is not None else torch.zeros_like(a) for a, g in zip(attn, grads)])
-        return attn, grad
+        grads = tuple(g if g is not None else torch.zeros_like(a) for a, g in zip(atts, grads))
+        # Relevance and rollout products accumulate in float32 whatever the model's dtype.
+        dt = accumulation_dtype(atts[0].dtype)
+        n = self.vit.num_blocks
+        attn, grad = torch.stack([a.detach() for a in atts[:n]]).to(dt), torch.stack(grads[:n]).to(dt)
+        if rec.pool is None:
+            return Attentions(attn, grad)
+        return Attentions(attn, grad, atts[n].detach()[:, :, 0].to(dt), grads[n][:, :, 0].to(dt))
 
-    def _read_rows(self, matrix: Tensor, image_size: tuple[int, int]) -> Tensor:
+    def _read_rows(
+        self, matrix: Tensor, image_size: tuple[int, int], pool_row: Tensor | None = None, residual: bool = False
+    ) -> Tensor:
         """``(B, N, N)`` token relevance → ``(B, h, w)``: the classifier's readout row(s)
-        (class token, class+distillation mean, or patch-token mean), patch columns."""
-        w = self.vit.readout_weights(matrix.shape[-1], matrix.device).to(matrix.dtype)
-        rows = torch.einsum("n,bnm->bm", w, matrix)
+        (class token, class+distillation mean, patch-token mean, or the attention pool's
+        ``pool_row`` ``(B, N)``), patch columns, in float32 (or float64).
+
+        ``residual``: ``matrix`` is an unnormalised ``I + ...`` relevance (GAE, Transformer
+        Attribution); average and attention pooling, which read patch rows, then read
+        :func:`residual_normalized` of it (token-row readouts read ``matrix``, as the official
+        code: the identity only reaches the prefix columns there).
+        """
+        matrix = matrix.to(accumulation_dtype(matrix.dtype))
+        weights = self._row_weights(matrix, pool_row)
+        if residual and self.vit.readout.rows is None:  # the rows read include patch tokens
+            matrix = residual_normalized(matrix)
+        rows = torch.einsum("bn,bnm->bm", weights, matrix)
         return self.vit.patch_columns(rows, image_size)
+
+    def _row_weights(self, like: Tensor, pool_row: Tensor | None) -> Tensor:
+        """``(B, N)`` weights of the token rows the classifier reads, for a ``(B, ..., N)``
+        tensor ``like`` (an attention-pooled model's are its ``pool_row``)."""
+        if self.vit.readout.attention_pool:
+            if pool_row is None:
+                raise ValueError("an attention-pooled model's map needs the pool's probe attention row")
+            return pool_row.to(like.dtype)
+        w = self.vit.readout_weights(like.shape[-1], like.device).to(like.dtype)
+        return w.expand(like.shape[0], -1)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from captum_vit.attr._base import OutputFn, warn_if_empty
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
 
@@ -17,6 +18,21 @@ class AttentionGradCAM(AttentionAttribution):
     token(s) to the patches, one weight per head (the mean gradient of the target logit
     over that head's row), weighted mean over heads, clamped at zero.
 
+    The clamp is the official definition (``generate_attn_gradcam`` in Chefer et al.'s
+    ``ViT_explanation_generator.py``): when every patch's head-weighted attention is negative
+    the map is all zero. That happens on real models (distilled DeiT, DINOv2), so it is never
+    silent: an :class:`~captum_vit.attr.EmptyMapWarning` names the images whose map is empty.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A timm ViT with class-token, average or attention pooling (the last block's rows are
+        then weighted by the pooling head's probe attention, mean over heads).
+    interpolate_mode : str, optional
+        Upsampling of the patch map (default bilinear).
+    output_fn : callable, optional
+        See :class:`~captum_vit.attr.MapAttribution`.
+
     Examples
     --------
     >>> import timm, torch
@@ -26,14 +42,20 @@ class AttentionGradCAM(AttentionAttribution):
     torch.Size([1, 3, 32, 32])
     """
 
+    def __init__(
+        self, model: nn.Module, interpolate_mode: str | None = None, output_fn: OutputFn | None = None
+    ) -> None:
+        super().__init__(model, interpolate_mode, output_fn)
+
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        attn, grad = self._attentions(x, target, forward_args, gradients=True)
-        assert grad is not None
-        n = attn.shape[-1]
-        w = self.vit.readout_weights(n, attn.device).to(attn.dtype)
+        rec = self._attentions(x, target, forward_args, gradients=True)
+        assert rec.grad is not None
+        pool_row = None if rec.pool is None else rec.pool.mean(dim=1)
+        w = self._row_weights(rec.attn[-1, :, 0], pool_row)  # (B, N)
         p = self.vit.num_prefix_tokens
-        a_row = torch.einsum("n,bhnm->bhm", w, attn[-1])[..., p:]  # (B, heads, patches)
-        g_row = torch.einsum("n,bhnm->bhm", w, grad[-1])[..., p:]
+        a_row = torch.einsum("bn,bhnm->bhm", w, rec.attn[-1])[..., p:]  # (B, heads, patches)
+        g_row = torch.einsum("bn,bhnm->bhm", w, rec.grad[-1])[..., p:]
         cam = (a_row * g_row.mean(dim=-1, keepdim=True)).mean(dim=1).clamp(min=0)
+        warn_if_empty(cam, "AttentionGradCAM", "every patch's head-weighted attention is negative for the target")
         h, ww = self.vit.grid_size((x.shape[-2], x.shape[-1]))
         return cam.reshape(-1, h, ww)

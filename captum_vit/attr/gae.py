@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from captum_vit.attr._base import OutputFn
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
 from captum_vit.kernels._common import check_impl
@@ -17,10 +18,18 @@ class GenericAttention(AttentionAttribution):
     """GAE: per block ``Ā = mean_heads((∇A ⊙ A)^+)`` (rule 5) and ``R ← R + Ā R`` starting
     from ``R = I`` (rule 6); the map is the classifier's row of ``R`` over the patches.
 
+    Pooling without a class token reads many rows of ``R``, each carrying a unit of
+    self-relevance ``I`` that says nothing about the class (it made average-pooled maps
+    near-uniform): there the rows are read from ``R̄ = norm_rows(R − I) + I``, the paper's
+    eqs. (8)-(9), as the official code does where a query reads a self-attention relevance.
+    Average pooling reads the mean of the patch rows of ``R̄``; attention pooling
+    (``global_pool='map'``) reads them weighted by rule 5 applied to the pooling head's probe
+    attention, ``mean_heads((∇a ⊙ a)^+)``.
+
     Parameters
     ----------
     model : nn.Module
-        A timm ViT with class-token or average pooling.
+        A timm ViT with class-token, average or attention pooling.
     impl : str
         Rollout kernel: ``"auto"`` (Triton on CUDA tensors), ``"reference"`` or ``"triton"``;
         ``R <- R + Ā R`` is the product of the unnormalised ``(I + Ā)`` factors.
@@ -39,14 +48,21 @@ class GenericAttention(AttentionAttribution):
     torch.Size([2, 3, 32, 32])
     """
 
-    def __init__(self, model: nn.Module, impl: str = "auto", interpolate_mode: str | None = None) -> None:
-        super().__init__(model, interpolate_mode)
+    def __init__(
+        self,
+        model: nn.Module,
+        impl: str = "auto",
+        interpolate_mode: str | None = None,
+        output_fn: OutputFn | None = None,
+    ) -> None:
+        super().__init__(model, interpolate_mode, output_fn)
         self.impl = check_impl(impl)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        attn, grad = self._attentions(x, target, forward_args, gradients=True)
-        assert grad is not None
+        rec = self._attentions(x, target, forward_args, gradients=True)
+        assert rec.grad is not None
         # rule 5 per head, then rule 6: R = prod_l (I + mean_h (grad * A)^+), starting from I.
-        cams = (grad * attn).clamp(min=0)
+        cams = (rec.grad * rec.attn).clamp(min=0)
         r = attention_rollout(cams, head_fusion="mean", impl=self.impl, row_normalize=False)
-        return self._read_rows(r, (x.shape[-2], x.shape[-1]))
+        pool_row = None if rec.pool is None else (rec.pool_grad * rec.pool).clamp(min=0).mean(dim=1)  # type: ignore[operator]
+        return self._read_rows(r, (x.shape[-2], x.shape[-1]), pool_row, residual=True)

@@ -3,24 +3,27 @@
 IIA integrates along a straight path in input space *and*, nested inside it, along paths in
 internal representations: attention maps for a ViT, a feature stage's activations for a CNN.
 Every point of the iterated path is one forward and one backward pass; all points of all
-examples are laid out as rows and evaluated ``internal_batch_size`` rows at a time.
+examples are laid out as rows and evaluated ``internal_batch_size`` rows at a time (by default
+as many as fit a memory budget).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from captum_vit.attr._base import OutputFn
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._targets import resolve_targets
 from captum_vit.attr._vit_common import AttentionAttribution
-from captum_vit.kernels._common import fuse_heads
+from captum_vit.kernels._common import accumulation_dtype, fuse_heads
 from captum_vit.kernels.rollout import attention_rollout
 from captum_vit.models.cnn import CNNAdapter
-from captum_vit.models.hooks import override_output, record_attention
+from captum_vit.models.hooks import count_output_bytes, override_output, record_attention
 
 CNN_REFERENCES = ("paper", "released")
 
@@ -77,7 +80,9 @@ class IIA(AttentionAttribution):
     Parameters
     ----------
     model : nn.Module
-        A timm ViT (class-token or average pooling) or a timm ResNet-family CNN.
+        A timm ViT (class-token, average or attention pooling; the last reads the rollout at
+        the pooling head's probe attention on the real input, mean over heads) or a timm
+        ResNet-family CNN.
     n_steps : int or sequence of int
         Interpolation steps per level (``n`` steps = ``n + 1`` points, both ends included;
         0 = no interpolation at that level). One int applies to every level; a sequence
@@ -92,7 +97,13 @@ class IIA(AttentionAttribution):
         ``(C, H, W)`` or ``(1, C, H, W)``. Default 0, the released code's zero (grey) image.
     internal_batch_size : int, optional
         Path points (rows, across examples) per forward/backward pass, as captum's
-        ``IntegratedGradients``; ``None`` evaluates all ``B * P`` rows in one pass.
+        ``IntegratedGradients``. ``None`` (default) chooses it from ``memory_budget``: one
+        forward of one image measures the bytes of every module's output (an estimate of what
+        a backward pass keeps per row; ViT-Ti at 224 px: 62 MB), and a pass gets as many rows as
+        fit. The result does not depend on it (per-example sums accumulate in float64).
+    memory_budget : float
+        Bytes of activations one pass may hold when ``internal_batch_size`` is ``None``
+        (default 1 GiB: 16 rows of ViT-Ti or 8 of ViT-S at 224 px; at least one row).
     feature_layer : int
         CNN only: index into the ResNet's four stages. Default -1 (``layer4``), which is
         ``children()[:8]`` of a torchvision ResNet, the released code's
@@ -140,8 +151,10 @@ class IIA(AttentionAttribution):
         feature_layer: int = -1,
         cnn_reference: str = "paper",
         interpolate_mode: str | None = None,
+        memory_budget: float = 2.0**30,
+        output_fn: OutputFn | None = None,
     ) -> None:
-        super().__init__(model, interpolate_mode)
+        super().__init__(model, interpolate_mode, output_fn)
         if isinstance(self.adapter, CNNAdapter):
             n_stages = len(self.adapter.stages)
             if not isinstance(feature_layer, int) or not -n_stages <= feature_layer < n_stages:
@@ -158,6 +171,9 @@ class IIA(AttentionAttribution):
             isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int) or internal_batch_size < 1
         ):
             raise ValueError(f"internal_batch_size must be None or a positive int, got {internal_batch_size!r}")
+        if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not memory_budget > 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+        self.memory_budget = float(memory_budget)
         if not isinstance(baseline, (int, float, Tensor)) or isinstance(baseline, bool):
             raise TypeError(f"baseline must be a float or a tensor, got {type(baseline).__name__}")
         self.baseline = baseline
@@ -207,8 +223,18 @@ class IIA(AttentionAttribution):
         assert isinstance(self.adapter, CNNAdapter)
         return self.adapter
 
-    def _chunks(self, n_rows: int) -> Iterator[slice]:
-        size = self.internal_batch_size or n_rows
+    def _rows_per_pass(self, x: Tensor, forward_args: tuple[Any, ...]) -> int:
+        """``internal_batch_size``, or the rows that fit ``memory_budget`` (measured on one image)."""
+        if self.internal_batch_size is not None:
+            return self.internal_batch_size
+        explicit = self.vit.explicit_attention() if not isinstance(self.adapter, CNNAdapter) else nullcontext()
+        first = torch.zeros(1, dtype=torch.long, device=x.device)
+        with torch.no_grad(), explicit, count_output_bytes(self.adapter.model) as counted:
+            self._forward(x[:1], self._rows_args(forward_args, first, x.shape[0]))
+        return max(1, int(self.memory_budget // max(counted[0], 1)))
+
+    @staticmethod
+    def _chunks(n_rows: int, size: int) -> Iterator[slice]:
         for start in range(0, n_rows, size):
             yield slice(start, min(start + size, n_rows))
 
@@ -228,6 +254,11 @@ class IIA(AttentionAttribution):
         else:
             self._check_readout()
             steps, row_fn = self.n_steps, self._vit_rows
+        pool_row = None
+        if not isinstance(self.adapter, CNNAdapter) and self.vit.readout.attention_pool:
+            pool = self._attentions(x, None, forward_args, gradients=False).pool
+            assert pool is not None
+            pool_row = pool.mean(dim=1)
         if target is None:  # the prediction on the real input, not on the baseline (§5.6 issue 3)
             with torch.no_grad():
                 target = resolve_targets(None, self._forward(x, forward_args))
@@ -238,23 +269,23 @@ class IIA(AttentionAttribution):
         pt = torch.arange(n_points, device=x.device).repeat(batch)
         base = self._baseline_for(x)
         total: Tensor | None = None
-        for rows in self._chunks(batch * n_points):
+        for rows in self._chunks(batch * n_points, self._rows_per_pass(x, forward_args)):
             e, c = ex[rows], points[pt[rows]]
             xs = base + c[:, :1, None, None] * (x.index_select(0, e) - base)
             out = row_fn(xs, c[:, 1:], target.index_select(0, e), self._rows_args(forward_args, e, batch))
-            if total is None:
-                total = out.new_zeros((batch, *out.shape[1:]))
+            if total is None:  # float64: the sum hardly depends on how rows are split into passes
+                total = out.new_zeros((batch, *out.shape[1:]), dtype=torch.float64)
             # Segment sums over consecutive rows of one example: deterministic, unlike
             # index_add_ with CUDA atomics.
             ids, counts = torch.unique_consecutive(e, return_counts=True)
             for b, part in zip(ids.tolist(), out.split(counts.tolist())):
-                total[b] += part.sum(dim=0)
+                total[b] += part.double().sum(dim=0)
         assert total is not None
-        mean = total / n_points
+        mean = (total / n_points).to(accumulation_dtype(x.dtype))
         if isinstance(self.adapter, CNNAdapter):
             return mean
         joint = attention_rollout(mean.transpose(0, 1).unsqueeze(2))  # gradient rollout (§5.2)
-        return self._read_rows(joint, (x.shape[-2], x.shape[-1]))
+        return self._read_rows(joint, (x.shape[-2], x.shape[-1]), pool_row)
 
     def _vit_rows(self, xs: Tensor, scales: Tensor, target: Tensor, forward_args: tuple[Any, ...]) -> Tensor:
         """``(R, L, N, N)``: head-mean of ``(dy/dA_l * A_l)^+`` for every block at each row."""

@@ -8,24 +8,26 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from captum_vit.attr._base import MapAttribution
+from captum_vit.attr._base import MapAttribution, OutputFn
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._targets import resolve_targets
 from captum_vit.explainers.ltx_network import LTXExplainer
 from captum_vit.explainers.ltx_objective import MASK_LOSSES, LTXObjective, default_mask_weight, finetune_masks
 from captum_vit.explainers.registry import LTXSpec, load_ltx_explainer
-from captum_vit.models.preprocess import model_logits, model_normalization
+from captum_vit.kernels._common import accumulation_dtype
+from captum_vit.models.preprocess import model_normalization
 
 
-class _WithArgs(nn.Module):
-    """The explainee called with captum's ``additional_forward_args`` after the images."""
+class _Explainee(nn.Module):
+    """The explainee as the LTX objective sees it: images and scores in the explainer's dtype
+    (the model runs in its own), called with captum's ``additional_forward_args``."""
 
-    def __init__(self, model: nn.Module, args: tuple[Any, ...]) -> None:
+    def __init__(self, model: nn.Module, scores: OutputFn, dtype: torch.dtype, args: tuple[Any, ...]) -> None:
         super().__init__()
-        self.model, self.args = model, args
+        self.model, self.scores, self.dtype, self.args = model, scores, dtype, args
 
     def forward(self, x: Tensor) -> Tensor:
-        return model_logits(self.model(x, *self.args))
+        return self.scores(self.model(x.to(self.dtype), *self.args)).to(x.dtype)
 
 
 @register_method("ltx", model_kinds=("vit", "cnn"))
@@ -66,6 +68,13 @@ class LTX(MapAttribution):
         The explainee's input normalisation (default ``model.pretrained_cfg``'s).
     interpolate_mode : str, optional
         Upsampling of the returned map (bilinear, as the mask the explainee saw).
+    output_fn : callable, optional
+        See :class:`~captum_vit.attr.MapAttribution`; the loss is the cross-entropy of its
+        scores, so it should return several class scores.
+
+    The explainer and its finetuning run in float32 whatever the explainee's dtype (a private
+    float32 copy of a half-precision explainer); a half-precision explainee classifies the
+    masked images in its own dtype.
 
     Raises
     ------
@@ -106,8 +115,9 @@ class LTX(MapAttribution):
         mean: Any = None,
         std: Any = None,
         interpolate_mode: str | None = None,
+        output_fn: OutputFn | None = None,
     ) -> None:
-        super().__init__(model, interpolate_mode)
+        super().__init__(model, interpolate_mode, output_fn)
         steps = self.default_finetune_steps if finetune_steps is None else finetune_steps
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"finetune_steps must be a non-negative int, got {finetune_steps!r}")
@@ -120,34 +130,40 @@ class LTX(MapAttribution):
         self.mask_weight = default_mask_weight(self.explainer) if mask_weight is None else float(mask_weight)
         self.mask_loss, self.baseline = mask_loss, baseline
         self.mean, self.std = model_normalization(model, mean, std)
-        self._copies: dict[torch.device, LTXExplainer] = {}
+        self._copies: dict[tuple[torch.device, torch.dtype], LTXExplainer] = {}
 
     @property
     def runs_explainee(self) -> bool:
         """pLTX (``finetune_steps=0``) explains with the explainer network alone."""
         return self.finetune_steps > 0
 
-    def _explainer_on(self, device: torch.device) -> LTXExplainer:
-        """The explainer in eval mode on ``device``, a private copy when the given one is in
-        training mode or elsewhere (the caller's explainer is never moved or switched)."""
+    @property
+    def needs_gradients(self) -> bool:
+        """Finetuning differentiates through the explainee; pLTX does not run it."""
+        return self.finetune_steps > 0
+
+    def _explainer_on(self, device: torch.device, dtype: torch.dtype) -> LTXExplainer:
+        """The explainer in eval mode on ``device`` in ``dtype``, a private copy when the given
+        one is in training mode, elsewhere or in another dtype (the caller's explainer is never
+        moved, cast or switched)."""
         e = self.explainer
-        p = next(e.parameters())
-        if p.device == device and not e.training:
+        if not e.training and all(p.device == device and p.dtype == dtype for p in e.parameters()):
             return e
-        if device not in self._copies:
-            self._copies[device] = copy.deepcopy(e).to(device).eval()
-        return self._copies[device]
+        if (device, dtype) not in self._copies:  # a dict write: atomic for concurrent calls
+            self._copies[device, dtype] = copy.deepcopy(e).to(device=device, dtype=dtype).eval()
+        return self._copies[device, dtype]
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        explainee = _WithArgs(self.model, forward_args) if forward_args else self.model
+        explainee = _Explainee(self.adapter.model, self._scores, x.dtype, forward_args)
         objective = LTXObjective(
             explainee, self.mean.to(x.device), self.std.to(x.device), self.mask_weight, self.mask_loss, self.baseline
         )
-        explainer = self._explainer_on(x.device)
-        pixels = x * objective.std.view(-1, 1, 1) + objective.mean.view(-1, 1, 1)
+        x32 = x.to(accumulation_dtype(x.dtype))  # float32 for a half-precision explainee
+        explainer = self._explainer_on(x.device, x32.dtype)
+        pixels = x32 * objective.std.view(-1, 1, 1) + objective.mean.view(-1, 1, 1)
         if self.finetune_steps == 0:
             with torch.no_grad():
-                return explainer.mask(x)
+                return explainer.mask(x32)
         with torch.no_grad():
             tgt = resolve_targets(target, self._forward(x, forward_args))
         return finetune_masks(

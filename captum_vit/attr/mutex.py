@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_vit.attr._base import OutputFn, _usable
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._targets import resolve_targets
 from captum_vit.attr._vit_common import AttentionAttribution
@@ -206,7 +207,7 @@ class MUTEX(AttentionAttribution):
     Parameters
     ----------
     model : nn.Module
-        A timm ViT (any number of prefix tokens; class-token or average pooling).
+        A timm ViT (any number of prefix tokens; any pooling: the graph is over patches).
     min_cut : float
         Pruning fraction in ``[0, 1]`` of each layer's largest edge (default 0.01, the
         paper's code).
@@ -229,6 +230,9 @@ class MUTEX(AttentionAttribution):
         (default; the official code's ``torch.median``) or ``"mean_of_middle"`` (the mean of
         the two middle values, this package's behaviour before it followed the official
         code); see :func:`node_statistics`.
+    output_fn : callable, optional
+        See :class:`~captum_vit.attr.MapAttribution`; the masks are scored by the softmax of
+        its scores, so it should return several class scores.
 
     Raises
     ------
@@ -250,6 +254,7 @@ class MUTEX(AttentionAttribution):
     """
 
     default_interpolate_mode = "nearest"
+    uses_gradients = False
 
     def __init__(
         self,
@@ -262,8 +267,9 @@ class MUTEX(AttentionAttribution):
         interpolate_mode: str | None = None,
         impl: str = "auto",
         median: str = "lower",
+        output_fn: OutputFn | None = None,
     ) -> None:
-        super().__init__(model, interpolate_mode)
+        super().__init__(model, interpolate_mode, output_fn)
         n = self.vit.num_blocks
         if not 0.0 <= min_cut <= 1.0:
             raise ValueError(f"min_cut must be in [0, 1], got {min_cut}")
@@ -340,7 +346,9 @@ class MUTEX(AttentionAttribution):
             ``masks`` ``(B, M, h*w)``, ``probabilities`` ``(B, M)``, ``names``, ``targets``.
         """
         x = self.vit.check_input(inputs, "inputs")
-        with torch.no_grad():
+        with self._explaining(), torch.no_grad():
+            x = _usable(x)
+            additional_forward_args = tuple(_usable(a) for a in additional_forward_args)
             with record_attention(self.vit, detach=True) as rec:
                 logits = self._forward(x, additional_forward_args)
             targets = resolve_targets(target, logits)

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from captum_vit.attr._base import OutputFn
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
 from captum_vit.kernels._common import check_head_fusion, fuse_heads
@@ -18,7 +19,8 @@ class RawAttention(AttentionAttribution):
     Parameters
     ----------
     model : nn.Module
-        A timm ViT with class-token or average pooling.
+        A timm ViT with class-token, average or attention pooling (the rows are weighted by
+        the pooling head's probe attention, fused over heads with ``head_fusion``).
     layer : int
         Block index (default ``-1``, the last block, as Chefer et al.).
     head_fusion : str
@@ -35,10 +37,17 @@ class RawAttention(AttentionAttribution):
     torch.Size([2, 3, 32, 32])
     """
 
+    uses_gradients = False
+
     def __init__(
-        self, model: nn.Module, layer: int = -1, head_fusion: str = "mean", interpolate_mode: str | None = None
+        self,
+        model: nn.Module,
+        layer: int = -1,
+        head_fusion: str = "mean",
+        interpolate_mode: str | None = None,
+        output_fn: OutputFn | None = None,
     ) -> None:
-        super().__init__(model, interpolate_mode)
+        super().__init__(model, interpolate_mode, output_fn)
         n = self.vit.num_blocks
         if not -n <= layer < n:
             raise ValueError(f"layer must be in [-{n}, {n}) for a {n}-block model, got {layer}")
@@ -46,6 +55,7 @@ class RawAttention(AttentionAttribution):
         self.head_fusion = check_head_fusion(head_fusion)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        attn, _ = self._attentions(x, target, forward_args, gradients=False)
-        fused = fuse_heads(attn[self.layer].clamp(min=0), self.head_fusion)
-        return self._read_rows(fused, (x.shape[-2], x.shape[-1]))
+        rec = self._attentions(x, target, forward_args, gradients=False)
+        fused = fuse_heads(rec.attn[self.layer].clamp(min=0), self.head_fusion)
+        pool_row = None if rec.pool is None else fuse_heads(rec.pool[:, :, None], self.head_fusion)[:, 0]
+        return self._read_rows(fused, (x.shape[-2], x.shape[-1]), pool_row)

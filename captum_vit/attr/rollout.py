@@ -6,9 +6,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from captum_vit.attr._base import OutputFn
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
-from captum_vit.kernels._common import check_head_fusion, check_impl
+from captum_vit.kernels._common import check_head_fusion, check_impl, fuse_heads
 from captum_vit.kernels.rollout import attention_rollout
 
 
@@ -20,8 +21,10 @@ class AttentionRollout(AttentionAttribution):
     Parameters
     ----------
     model : nn.Module
-        A timm ViT with class-token or average pooling (average pooling reads the mean of
-        the patch rows; distilled DeiT the mean of the class and distillation rows).
+        A timm ViT with class-token, average or attention pooling (average pooling reads the
+        mean of the patch rows; distilled DeiT the mean of the class and distillation rows;
+        attention pooling the rows weighted by the pooling head's probe attention, fused over
+        heads with ``head_fusion``).
     start_layer : int
         First block in the product (default 0, as Abnar & Zuidema; Chefer et al.'s
         evaluation used 1).
@@ -56,8 +59,9 @@ class AttentionRollout(AttentionAttribution):
         discard_ratio: float = 0.0,
         impl: str = "auto",
         interpolate_mode: str | None = None,
+        output_fn: OutputFn | None = None,
     ) -> None:
-        super().__init__(model, interpolate_mode)
+        super().__init__(model, interpolate_mode, output_fn)
         n = self.vit.num_blocks
         if not 0 <= start_layer < n:
             raise ValueError(f"start_layer must be in [0, {n}), got {start_layer}")
@@ -67,7 +71,10 @@ class AttentionRollout(AttentionAttribution):
         self.head_fusion = check_head_fusion(head_fusion)
         self.impl = check_impl(impl)
 
+    uses_gradients = False
+
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        attn, _ = self._attentions(x, target, forward_args, gradients=False)
-        joint = attention_rollout(attn, self.start_layer, self.head_fusion, self.discard_ratio, self.impl)
-        return self._read_rows(joint, (x.shape[-2], x.shape[-1]))
+        rec = self._attentions(x, target, forward_args, gradients=False)
+        joint = attention_rollout(rec.attn, self.start_layer, self.head_fusion, self.discard_ratio, self.impl)
+        pool_row = None if rec.pool is None else fuse_heads(rec.pool[:, :, None], self.head_fusion)[:, 0]
+        return self._read_rows(joint, (x.shape[-2], x.shape[-1]), pool_row)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_vit.attr._base import resolve_layer
+from captum_vit.attr._base import OutputFn, layer_path, warn_if_empty
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
 from captum_vit.models.hooks import record_activations
@@ -28,6 +28,13 @@ class ViTGradCAM(AttentionAttribution):
         pytorch-grad-cam recommendation; its patch tokens get non-zero gradients through
         the last attention (the last block's *output* patch tokens get none under
         class-token pooling).
+    interpolate_mode : str, optional
+        Upsampling of the patch map (default bilinear).
+    output_fn : callable, optional
+        See :class:`~captum_vit.attr.MapAttribution`.
+
+    An image whose weighted activations are negative everywhere gets an all-zero map (the
+    ReLU of the definition); an :class:`~captum_vit.attr.EmptyMapWarning` names it.
 
     Examples
     --------
@@ -39,14 +46,18 @@ class ViTGradCAM(AttentionAttribution):
     """
 
     def __init__(
-        self, model: nn.Module, layer: nn.Module | str | None = None, interpolate_mode: str | None = None
+        self,
+        model: nn.Module,
+        layer: nn.Module | str | None = None,
+        interpolate_mode: str | None = None,
+        output_fn: OutputFn | None = None,
     ) -> None:
-        super().__init__(model, interpolate_mode)
+        super().__init__(model, interpolate_mode, output_fn)
         default: Any = self.vit.blocks[-1].norm1
-        self.layer = resolve_layer(model, default if layer is None else layer)
+        self.layer_name = layer_path(self.vit.model, default if layer is None else layer)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        with record_activations([self.layer]) as store:
+        with record_activations([self.vit.model.get_submodule(self.layer_name)]) as store:
             logits = self._forward(x.requires_grad_(True), forward_args)
             act = store[0]
             if act is None or act.dim() != 3:
@@ -57,5 +68,6 @@ class ViTGradCAM(AttentionAttribution):
         act, grad = act.detach()[:, p:], grad[:, p:]
         weights = grad.mean(dim=1, keepdim=True)  # (B, 1, D)
         cam = (weights * act).sum(dim=-1).clamp(min=0)
+        warn_if_empty(cam, "ViTGradCAM", "the gradient-weighted activations are negative at every patch")
         h, w = self.vit.grid_size((x.shape[-2], x.shape[-1]))
         return cam.reshape(-1, h, w)

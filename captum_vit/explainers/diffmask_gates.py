@@ -148,13 +148,16 @@ class DiffMaskGates(nn.Module):
         return self.logits_and_output(model, x, forward_args)[0]
 
     def logits_and_output(
-        self, model: nn.Module, x: Tensor, forward_args: tuple[Any, ...] = ()
+        self, model: nn.Module, x: Tensor, forward_args: tuple[Any, ...] = (), prefix: bool = False
     ) -> tuple[Tensor, Tensor]:
         """Gate logits ``(states, B, patches)`` and the unmasked model output ``(B, classes)``.
 
         The ViT runs without gradient (it is frozen); the gate networks run with gradient
-        when it is enabled. Prefix-token positions get no gate: the placeholder only replaces
-        patch tokens.
+        when it is enabled. Only patch positions are masked (the placeholder replaces patch
+        embeddings), so by default only they get a gate. With ``prefix=True`` the logits are
+        ``(states, B, prefix + patches)``: the prefix positions (class token, ...) get a gate
+        too, read from the raw prefix-token parameters at state 0, as the official code does;
+        their only use is the official L0 term (``DiffMaskObjective(l0_positions="all")``).
         """
         adapter = self.check_model(model)
         p = adapter.num_prefix_tokens
@@ -164,8 +167,12 @@ class DiffMaskGates(nn.Module):
         if len(states) != len(self.gates):
             raise RuntimeError(f"recorded {len(states)} hidden states, expected {len(self.gates)}")
         h0 = states[0].detach()
-        patches = [h0] + [s.detach()[:, p:] for s in states[1:]]
-        return torch.stack([g(h0, h) for g, h in zip(self.gates, patches, strict=True)]), out
+        if prefix:
+            h0 = torch.cat([_prefix_parameters(model, p).detach().to(h0).expand(h0.shape[0], -1, -1), h0], 1)
+            tokens = [h0] + [s.detach() for s in states[1:]]
+        else:
+            tokens = [h0] + [s.detach()[:, p:] for s in states[1:]]
+        return torch.stack([g(h0, h) for g, h in zip(self.gates, tokens, strict=True)]), out
 
     def masked_output(self, model: nn.Module, x: Tensor, keep: Tensor, forward_args: tuple[Any, ...] = ()) -> Tensor:
         """Model output with each patch embedding ``h`` replaced by ``keep*h + (1-keep)*b``
@@ -207,6 +214,17 @@ class DiffMaskGates(nn.Module):
         gates = cls(**json.loads(meta["config"]), fingerprint=meta.get("fingerprint", ""))
         gates.load_state_dict(load_file(str(path)))
         return gates
+
+
+def _prefix_parameters(model: nn.Module, count: int) -> Tensor:
+    """The raw prefix tokens ``(1, count, d)`` in timm's order (class, distillation, registers):
+    what the official code prepends to the patch embeddings to gate the prefix positions."""
+    parts = [getattr(model, n, None) for n in ("cls_token", "dist_token", "reg_token")]
+    tokens = [t for t in parts if isinstance(t, Tensor)]
+    out = torch.cat(tokens, 1) if tokens else torch.zeros(1, 0, _token_width(ViTAdapter(model)))
+    if out.shape[1] != count:
+        raise ValueError(f"found {out.shape[1]} prefix-token parameters, the model uses {count} prefix tokens")
+    return out
 
 
 def _token_width(adapter: ViTAdapter) -> int:

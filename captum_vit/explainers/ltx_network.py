@@ -137,7 +137,8 @@ class ViTExplainer(_Explainer):
         backbone.train(explainee.training)
         backbone.requires_grad_(True)  # the copy trains even when the explainee is frozen
         # Frozen embeddings, as the official explainer (its freeze_multitask_model).
-        for name in ("patch_embed", "cls_token", "dist_token", "reg_token", "pos_embed"):
+        # The attention-pooling head (SigLIP) never runs: the explainer reads the tokens.
+        for name in ("patch_embed", "cls_token", "dist_token", "reg_token", "pos_embed", "attn_pool"):
             part = getattr(backbone, name, None)
             if isinstance(part, (nn.Module, nn.Parameter)):
                 part.requires_grad_(False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from captum_vit.kernels._common import fuse_heads
+from captum_vit.kernels._common import accumulation_dtype, fuse_heads
 from captum_vit.kernels._dispatch import check_launchable, load_triton_module, use_triton
 
 
@@ -81,10 +81,19 @@ def attention_rollout(
     """Rollout of a ``(L, B, heads, N, N)`` attention stack: ``A'_{L-1} ... A'_{start}``.
 
     Each factor ``A'`` is :func:`rollout_step` of the head-fused layer (``impl`` is passed on).
-    Returns the ``(B, N, N)`` joint attention.
+    Returns the ``(B, N, N)`` joint attention, in float32 for half-precision attentions: the
+    product of ``L`` factors near the identity loses the small off-diagonal part in float16.
+
+    Examples
+    --------
+    >>> a = torch.full((2, 1, 1, 2, 2), 0.5, dtype=torch.float16)
+    >>> attention_rollout(a)
+    tensor([[[0.6250, 0.3750],
+             [0.3750, 0.6250]]])
     """
     if attentions.dim() != 5:
         raise ValueError(f"attentions must be (layers, batch, heads, N, N), got {tuple(attentions.shape)}")
+    attentions = attentions.to(accumulation_dtype(attentions.dtype))
     n_layers = attentions.shape[0]
     if not 0 <= start_layer < n_layers:
         raise ValueError(f"start_layer must be in [0, {n_layers}), got {start_layer}")

@@ -7,6 +7,15 @@ a batch through the model as batched forward passes.
 
 from captum_vit.metrics.adp_pic import adp_pic
 from captum_vit.metrics.baselines import BASELINES, removal_baseline
+from captum_vit.metrics.bootstrap import (
+    Interval,
+    PairedDifference,
+    bootstrap,
+    gap_closed,
+    mean_ci,
+    miou_ci,
+    paired_difference,
+)
 from captum_vit.metrics.class_sensitivity import class_sensitivity
 from captum_vit.metrics.perturbation import (
     CHEFER_FRACTIONS,
@@ -34,14 +43,21 @@ __all__ = [
     "METRIC_GROUPS",
     "RISE_PERCENTAGES",
     "EvaluationResult",
+    "Interval",
+    "PairedDifference",
     "PerturbationCurves",
     "RiseCurves",
     "SegmentationStats",
     "adp_pic",
     "average_precision",
+    "bootstrap",
     "class_sensitivity",
+    "gap_closed",
+    "mean_ci",
+    "miou_ci",
     "model_normalization",
     "negative_perturbation_auc",
+    "paired_difference",
     "perturbation_curves",
     "positive_perturbation_auc",
     "probability_deletion_auc",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from captum_vit.models.vit import check_image_batch
+from captum_vit.models.view import unwrap_compiled
+from captum_vit.models.vit import check_dtype, check_image_batch
 
 SUPPORTED_CNNS = "timm ResNet-family CNNs (resnet*, resnet*d/t, seresnet*, resnext*)"
 
@@ -25,6 +26,7 @@ class CNNAdapter:
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        model = unwrap_compiled(model)
         stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
         if any(s is None for s in stages) or not hasattr(model, "forward_head") or not hasattr(model, "conv1"):
             raise TypeError(f"model of type {type(model).__name__} is not a supported CNN; supported: {SUPPORTED_CNNS}")
@@ -36,10 +38,18 @@ class CNNAdapter:
         return int(getattr(self.model, "num_classes", 0))
 
     @property
-    def in_chans(self) -> int:
+    def _first_conv(self) -> nn.Conv2d:
         conv1 = self.model.conv1
-        first = conv1 if isinstance(conv1, nn.Conv2d) else next(m for m in conv1.modules() if isinstance(m, nn.Conv2d))  # type: ignore[union-attr]
-        return int(first.in_channels)
+        return conv1 if isinstance(conv1, nn.Conv2d) else next(m for m in conv1.modules() if isinstance(m, nn.Conv2d))  # type: ignore[union-attr]
+
+    @property
+    def in_chans(self) -> int:
+        return int(self._first_conv.in_channels)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the stem convolution's weights, which the images must have."""
+        return self._first_conv.weight.dtype
 
     @property
     def feature_layer(self) -> nn.Module:
@@ -48,6 +58,7 @@ class CNNAdapter:
 
     def check_input(self, x: object, name: str = "inputs") -> Tensor:
         x = check_image_batch(x, self.in_chans, name)
+        check_dtype(x, self.dtype, name)
         if x.shape[2] < 32 or x.shape[3] < 32:
             raise ValueError(f"{name} spatial size {tuple(x.shape[2:])} is below the CNN's minimum of 32x32")
         if not torch.isfinite(x).all():

@@ -4,10 +4,14 @@ Every context manager here removes its hooks and restores every flag it touched 
 ``finally``, also when the wrapped code raises. None of them changes the model's
 training mode, parameters or ``requires_grad`` flags.
 
+They instrument the model they are given, for the duration of the ``with`` block: two threads
+running one model inside these contexts would see each other's hooks. Explanation methods
+(:class:`captum_vit.attr.MapAttribution`) therefore always give them a private per-call view of
+the user's model (:func:`captum_vit.models.view.private_view`), never the model itself.
+
 timm computes attention with ``F.scaled_dot_product_attention`` by default, which never
-materialises the attention matrix. The attention hooks turn ``fused_attn`` off per module
-for the duration of the call (timm's explicit path is numerically the same computation)
-and restore it afterwards.
+materialises the attention matrix; the adapter says where the probabilities are produced and
+how to make them explicit (:meth:`ViTAdapter.explicit_attention`).
 
 The trace that layer-wise relevance propagation reads (Transformer Attribution only) lives in
 :mod:`captum_vit.models.lrp_trace`, built from the same helpers.
@@ -31,30 +35,18 @@ AttentionOverride = Callable[[Tensor], Tensor]
 @dataclass
 class AttentionRecord:
     """Per-block post-softmax attention probabilities ``(B, heads, N, N)`` (``None`` until a
-    forward pass reaches the block). Gradients are taken by the caller with
-    ``torch.autograd.grad`` on these tensors, so nothing accumulates into ``.grad``."""
+    forward pass reaches the block), and for an attention-pooled model (``global_pool='map'``)
+    the pooling head's probe attention ``pool`` ``(B, heads, 1, N)``. Gradients are taken by the
+    caller with ``torch.autograd.grad`` on these tensors, so nothing accumulates into ``.grad``."""
 
     attentions: list[Tensor | None] = field(default_factory=list)
+    pool: Tensor | None = None
 
     def stacked(self) -> Tensor:
         """Attentions as one ``(L, B, heads, N, N)`` tensor."""
         if any(a is None for a in self.attentions):
             raise RuntimeError("no attention was recorded; run a forward pass inside the context")
         return torch.stack([a for a in self.attentions if a is not None])
-
-
-@contextmanager
-def fused_attention_off(adapter: ViTAdapter) -> Iterator[None]:
-    """Turn every block's ``fused_attn`` off, so the attention probabilities exist as a
-    tensor a hook can see; the flags are restored on exit."""
-    saved = [a.fused_attn for a in adapter.attentions]
-    try:
-        for a in adapter.attentions:
-            a.fused_attn = False
-        yield
-    finally:
-        for a, flag in zip(adapter.attentions, saved):
-            a.fused_attn = flag
 
 
 @contextmanager
@@ -75,7 +67,7 @@ def record_attention(
     override: dict[int, AttentionOverride] | None = None,
     detach: bool = False,
 ) -> Iterator[AttentionRecord]:
-    """Record every block's attention probabilities.
+    """Record every block's attention probabilities (and an attention pool's probe attention).
 
     Parameters
     ----------
@@ -122,9 +114,15 @@ def record_attention(
 
         return hook
 
-    with fused_attention_off(adapter), removing_hooks() as handles:
-        for i, attn in enumerate(adapter.attentions):
-            handles.append(attn.attn_drop.register_forward_hook(make_hook(i)))
+    def on_pool(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
+        record.pool = out.detach() if detach else out
+
+    with adapter.explicit_attention(), removing_hooks() as handles:
+        for i, probe in enumerate(adapter.attention_probes):
+            handles.append(probe.register_forward_hook(make_hook(i)))
+        pool_probe = adapter.pool_attention_probe()
+        if pool_probe is not None:
+            handles.append(pool_probe.register_forward_hook(on_pool))
         yield record
 
 
@@ -322,3 +320,36 @@ def override_output(module: nn.Module, fn: Callable[[Tensor], Tensor]) -> Iterat
     with removing_hooks() as handles:
         handles.append(module.register_forward_hook(hook))
         yield replaced
+
+
+@contextmanager
+def count_output_bytes(model: nn.Module) -> Iterator[list[int]]:
+    """Add up the bytes of every leaf module's tensor output while the block runs.
+
+    One forward pass of one image gives an estimate of the activations a backward pass keeps
+    per image (IIA sizes its passes with it); it works for any architecture.
+
+    Yields
+    ------
+    list[int]
+        One entry, the running total.
+
+    Examples
+    --------
+    >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    >>> with count_output_bytes(m) as counted:
+    ...     _ = m(torch.zeros(2, 4))
+    >>> counted[0]  # two (2, 8) float32 outputs
+    128
+    """
+    counted = [0]
+
+    def hook(_m: nn.Module, _inp: tuple[Tensor, ...], out: object) -> None:
+        if isinstance(out, Tensor):
+            counted[0] += out.numel() * out.element_size()
+
+    with removing_hooks() as handles:
+        for m in model.modules():
+            if not m._modules:
+                handles.append(m.register_forward_hook(hook))
+        yield counted

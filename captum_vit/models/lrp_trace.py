@@ -4,7 +4,8 @@ Used only by Transformer Attribution (:mod:`captum_vit.attr._lrp` holds the rule
 context manager records, per block, the inputs of every linear layer, q, k, v, the attention
 probabilities (kept in the autograd graph) and both residual summands, then the head and the
 patch embedding; like every hook in :mod:`captum_vit.models.hooks` it removes its hooks and
-restores ``fused_attn`` on exit, also when the wrapped code raises.
+restores ``fused_attn`` on exit, also when the wrapped code raises (and like them it is given
+a private view of the user's model by the method).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from captum_vit.models.hooks import flatten_tokens, fused_attention_off, removing_hooks
+from captum_vit.models.hooks import flatten_tokens, removing_hooks
 from captum_vit.models.vit import ViTAdapter
 
 
@@ -182,7 +183,8 @@ def check_lrp_supported(model: nn.Module | ViTAdapter) -> ViTAdapter:
         Blocks other than timm's pre-norm ``Block`` with an ``Mlp``, gated attention, or a
         head that is not an ``nn.Linear`` (``num_classes=0``).
     ValueError
-        Pooling other than class token / distillation / average (see ``ViTAdapter.readout``).
+        Pooling other than class token / distillation / average (see ``ViTAdapter.readout``);
+        attention pooling (``global_pool='map'``), whose head has no relevance rules here.
     """
     adapter = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
     for i, blk in enumerate(adapter.blocks):
@@ -197,7 +199,11 @@ def check_lrp_supported(model: nn.Module | ViTAdapter) -> ViTAdapter:
     heads = [getattr(m, "head", None)] + ([m.head_dist] if _is_distilled(m) else [])
     if not all(isinstance(h, nn.Linear) for h in heads):
         raise TypeError("model head must be an nn.Linear classifier (create the model with num_classes > 0)")
-    _ = adapter.readout
+    if adapter.readout.attention_pool:
+        raise ValueError(
+            "model uses attention pooling (global_pool='map'): LRP has no rules for the pooling "
+            "head's probe attention and MLP; use GAE or rollout, which read the probe's attention row"
+        )
     return adapter
 
 
@@ -251,7 +257,7 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
     def put_embed(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
         trace.raw["embed"] = flatten_tokens(out.detach())
 
-    with fused_attention_off(adapter), removing_hooks() as hs:
+    with adapter.explicit_attention(), removing_hooks() as hs:
         blocks: list[Any] = adapter.blocks  # checked timm Blocks
         for s, blk in zip(trace.raw_blocks, blocks):
             a, mlp = blk.attn, blk.mlp

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TypeVar
 
+import torch
 from torch import nn
 
 M = TypeVar("M", bound=nn.Module)
@@ -40,7 +41,9 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
     """The module a ``torch.compile`` wrapper runs (same weights), or ``model`` itself.
 
     Explanation methods instrument Python modules; a compiled graph runs none of their hooks,
-    so the original module is explained instead (it computes the same function).
+    so the original module is explained instead (it computes the same function). A module
+    compiled in place (``model.compile()``) is its own original: :func:`private_view` drops the
+    compiled call from the view.
 
     Examples
     --------
@@ -57,6 +60,9 @@ def _clone(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
         return memo[id(module)]
     new = object.__new__(type(module))  # no __init__: the state comes from the original
     new.__dict__ = module.__dict__.copy()
+    # ``model.compile()`` stores a compiled *bound* call of the original module: the view
+    # would run the original (and none of the view's hooks). The view runs eagerly.
+    new.__dict__.pop("_compiled_call_impl", None)
     memo[id(module)] = new
     # Containers that the copy would otherwise share with the user's module: each gets its
     # own dict holding the same tensors (parameters, buffers) or the same hook callables.
@@ -73,7 +79,7 @@ def _clone(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     return new
 
 
-def private_view(model: M) -> M:
+def private_view(model: M, dtype: torch.dtype | None = None) -> M:
     """A structural copy of ``model`` that shares every parameter and buffer tensor.
 
     Building it costs one shallow copy per module (no tensor is copied). Setting flags
@@ -83,11 +89,19 @@ def private_view(model: M) -> M:
     running statistics in training mode) would reach the user's weights: explanation code runs
     the view in eval mode and never steps an optimiser on it.
 
+    Never call ``.to()``, ``.float()`` or ``.half()`` on a view: ``nn.Module._apply`` assigns
+    ``param.data`` of the *shared* parameters and would convert the user's model. Pass
+    ``dtype`` instead.
+
     Parameters
     ----------
     model
         Any ``nn.Module``; a ``torch.compile`` wrapper is unwrapped first
         (:func:`unwrap_compiled`).
+    dtype : torch.dtype, optional
+        Give the view its own copies of the floating-point parameters and buffers whose dtype
+        differs, converted to ``dtype`` (e.g. a float32 view of a half-precision model for
+        relevance propagation); the user's tensors are not touched. Default: share them all.
 
     Returns
     -------
@@ -104,5 +118,28 @@ def private_view(model: M) -> M:
     >>> _ = v[0].register_forward_hook(lambda *a: None)
     >>> len(m[0]._forward_hooks), len(v[0]._forward_hooks)
     (0, 1)
+    >>> h = nn.Linear(2, 2).half()
+    >>> private_view(h, dtype=torch.float32).weight.dtype, h.weight.dtype
+    (torch.float32, torch.float16)
     """
-    return _clone(unwrap_compiled(model), {})  # type: ignore[return-value]
+    view = _clone(unwrap_compiled(model), {})
+    if dtype is not None:
+        _convert(view, dtype)
+    return view  # type: ignore[return-value]
+
+
+def _convert(view: nn.Module, dtype: torch.dtype) -> None:
+    """Replace the view's floating tensors by converted copies (the dicts are the view's own)."""
+    done: dict[int, torch.Tensor] = {}  # a tensor shared by two modules stays shared
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in done:
+            new = t.detach().to(dtype)
+            done[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else new
+        return done[id(t)]
+
+    for module in view.modules():
+        for store in (module._parameters, module._buffers):
+            for name, t in store.items():
+                if t is not None and t.is_floating_point() and t.dtype != dtype:
+                    store[name] = convert(t)

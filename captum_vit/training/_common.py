@@ -1,6 +1,6 @@
-"""What the training commands share: the record of the command that produced a result, and
+"""What the training commands share: the record of the command that produced a result,
 where ``--register NAME`` writes (the user registry, or the package with the maintainers'
-``--ship``).
+``--ship``), and the training / validation / held-out images of any dataset.
 
 Light at import (argparse and the standard library only), so that ``captum-vit <command>
 --help`` stays quick.
@@ -12,9 +12,13 @@ import argparse
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from captum_vit._cli_common import CLIError, output_dir
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Dataset
 
 
 def command_line(command: str, add_arguments: Callable[[argparse.ArgumentParser], None], args: Any) -> str:
@@ -50,7 +54,7 @@ def command_line(command: str, add_arguments: Callable[[argparse.ArgumentParser]
         value = getattr(args, action.dest, action.default)
         if value == action.default:
             continue
-        flag = max(action.option_strings, key=len)
+        flag = next(s for s in action.option_strings if s.startswith("--"))  # the first long name
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             parts.append(flag)
         elif isinstance(value, (list, tuple)):
@@ -107,3 +111,58 @@ def registered_model(name: str, flag: str, kind: str = "classifier") -> Any:
         known = sorted(n for n, e in entries.items() if e.kind == kind)
         raise CLIError(f"{flag}: {name!r} is not a registered {kind}; known: {', '.join(known)}")
     return entry
+
+
+def training_splits(
+    args: argparse.Namespace, model: nn.Module, val_seed: int, default_train_size: int, held_out: int = 0
+) -> tuple[Dataset, Dataset, Dataset | None]:
+    """``(train, validation, held-out or None)`` images for ``model`` from the data options.
+
+    ``--dataset synthetic`` renders each split with its own seed
+    (:mod:`captum_vit.data.splits`: :data:`~captum_vit.data.splits.EXPLAINER_TRAIN_SEED`,
+    ``val_seed``, :data:`~captum_vit.data.splits.HELD_OUT_SEED`), ``--train-size`` images for
+    training (default ``default_train_size``). Any other dataset is split at random (seed
+    :data:`~captum_vit.data.datasets.SPLIT_SEED`, whatever ``--seed``): ``--val-size`` images
+    for validation, ``held_out`` more for the held-out figures, the rest (or its first
+    ``--train-size``) for training.
+    """
+    from captum_vit.data.datasets import SPLIT_SEED, dataset_from_args, first, held_out_splits, input_hw
+    from captum_vit.data.splits import EXPLAINER_TRAIN_SEED, HELD_OUT_SEED
+    from captum_vit.data.synthetic import SyntheticDataset
+
+    if args.dataset == "synthetic":
+        size = input_hw(model)[0]
+        train = SyntheticDataset(args.train_size or default_train_size, seed=EXPLAINER_TRAIN_SEED, image_size=size)
+        val = SyntheticDataset(args.val_size, seed=val_seed, image_size=size)
+        held = SyntheticDataset(held_out, seed=HELD_OUT_SEED, image_size=size) if held_out else None
+        return train, val, held
+    dataset = dataset_from_args(args, model)
+    parts = held_out_splits(dataset, [args.val_size, *([held_out] if held_out else [])], seed=SPLIT_SEED)
+    if len(parts[-1]) < args.batch_size:
+        raise ValueError(
+            f"--batch-size {args.batch_size} is larger than the {len(parts[-1])} training images left after the "
+            "held-out splits"
+        )
+    return first(parts[-1], args.train_size), parts[0], parts[1] if held_out else None
+
+
+def check_labels(train: Dataset, model: nn.Module, what: str = "--target label") -> None:
+    """Refuse training images without labels, or with labels the model has no class for."""
+    from captum_vit.data.datasets import labels_of
+    from captum_vit.models.preprocess import model_logits
+
+    labels = labels_of(train)
+    if (labels < 0).any():
+        raise ValueError(f"{what} needs labelled images; this dataset has none: use --target predicted")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    classes = int(cfg.get("num_classes") or getattr(model, "num_classes", 0) or 0)
+    if not classes:
+        import torch
+
+        with torch.no_grad():
+            classes = int(model_logits(model(torch.zeros(1, *cfg["input_size"]))).shape[-1])
+    if int(labels.max()) >= classes:
+        raise ValueError(
+            f"{what}: the images have labels up to {int(labels.max())} but the model has {classes} classes; "
+            "use --target predicted (or a folder whose sorted class subfolders are the model's classes)"
+        )

@@ -1,10 +1,13 @@
-"""``captum-vit train-diffmask``: train Vision DiffMask gates for a registered ViT.
+"""``captum-vit train-diffmask``: train Vision DiffMask gates for any ViT.
 
 Trains :class:`~captum_vit.explainers.DiffMaskObjective` (gates, placeholder and Lagrange
-multipliers) on the synthetic benchmark's training split with the shared
+multipliers) for any ``--model`` of :mod:`captum_vit.models.spec` (a registered name,
+``timm:<name>`` with its weights) on any dataset of :mod:`captum_vit.data.datasets` (default:
+the synthetic benchmark's training split; another dataset gives up ``--val-size`` and
+``--held-out`` random images for validation and the held-out figures) with the shared
 :class:`~captum_vit.training.trainer.Trainer` (progress bar, atomic ``last.pt`` checkpoints,
-``--resume``, ``torchrun`` multi-process training) and :class:`LookaheadAdam`, the official
-optimiser. ``--out DIR`` receives the checkpoints and the selected gates as
+``--resume``, ``--device``, ``--amp``, ``torchrun`` multi-process training) and
+:class:`LookaheadAdam`, the official optimiser. ``--out DIR`` receives the checkpoints and the selected gates as
 ``best.safetensors`` (``VisionDiffMask(model, gates="DIR/best.safetensors")``); ``--register
 NAME`` also adds them to the user registry, where ``VisionDiffMask(model)`` finds them by the
 model's weights fingerprint.
@@ -13,8 +16,8 @@ Defaults are the official command line's: α₀ 20, lr 2e-5, ε 0.1, placeholder
 multiplier lr 0.3, gate scale 15 and offset 8, batch 32, seed 123, 5 epochs, 1,200 warm-up
 steps for the gates and the placeholder.
 
-Model selection follows the official code: the validation value (on
-:data:`~captum_vit.data.splits.DIFFMASK_VAL_SEED` images) is the mean expected L0 when the
+Model selection follows the official code: the validation value (on the validation images;
+synthetic: :data:`~captum_vit.data.splits.DIFFMASK_VAL_SEED`) is the mean expected L0 when the
 held-out KL is at most ``--select-max-kl`` (official 0.8) and the agreement of masked and
 original predictions at least ``--select-min-acc`` (0.75); otherwise infinity.
 
@@ -36,14 +39,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from captum_vit._cli_common import output_dir, positive_int, wrote
+from captum_vit._cli_common import CLIError, output_dir, positive_int, wrote
+from captum_vit.data.datasets import add_data_arguments
 from captum_vit.data.splits import DIFFMASK_VAL_SEED, EXPLAINER_TRAIN_SEED, HELD_OUT_SEED
+from captum_vit.hardware import add_hardware_arguments, apply_threads, check_hardware
+from captum_vit.models.spec import add_model_arguments, model_from_args, spec_from_args
 from captum_vit.training._common import (
     add_register_arguments,
     check_register,
     command_line,
-    registered_model,
     registry_folder,
+    training_splits,
 )
 
 if TYPE_CHECKING:
@@ -129,12 +135,21 @@ def diffmask_optimizer(
 # ------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--model", default="synthetic-vit", help="registered ViT to explain (shipped, or yours)")
+    add_model_arguments(parser)
     a("--out", type=Path, default=Path("runs/diffmask"), help="checkpoints (last.pt, best.pt) and best.safetensors")
     a("--resume", action="store_true", help="continue from OUT/last.pt")
-    a("--train-size", type=positive_int, default=10_000, help=f"training images (seed {EXPLAINER_TRAIN_SEED})")
-    a("--val-size", type=positive_int, default=256, help=f"validation images (seed {DIFFMASK_VAL_SEED})")
-    a("--held-out", type=positive_int, default=1_000, help=f"held-out images (seed {HELD_OUT_SEED}) for the figures")
+    a(
+        "--train-size", type=positive_int, default=None,
+        help=f"synthetic: images rendered (default 10000, seed {EXPLAINER_TRAIN_SEED}); else: the first N (default all)",
+    )  # fmt: skip
+    a(
+        "--val-size", type=positive_int, default=256,
+        help=f"validation images (synthetic: seed {DIFFMASK_VAL_SEED}; else: held out of --data-root at random)",
+    )  # fmt: skip
+    a(
+        "--held-out", type=positive_int, default=1_000,
+        help=f"held-out images for the figures (synthetic: seed {HELD_OUT_SEED}; else: held out of --data-root)",
+    )  # fmt: skip
     a("--epochs", type=positive_int, default=5)
     a("--max-steps", type=positive_int, default=None, help="override the step count implied by --epochs")
     a("--batch-size", type=positive_int, default=32)
@@ -150,12 +165,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--warmup-steps", type=int, default=1200)
     a("--no-placeholder", action="store_true", help="replace by zeros instead of a learned vector")
     a("--layer-weights", type=str, default=None, help="comma-separated weights of drawing each hidden state")
+    a(
+        "--l0-positions",
+        default="all",
+        choices=("all", "patches"),
+        help="positions the L0 term averages over: all gated ones, class token included (official), or patches",
+    )
     a("--select-max-kl", type=float, default=0.8)
     a("--select-min-acc", type=float, default=0.75)
     a("--checkpoint-every", type=positive_int, default=200)
     a("--validate-every", type=positive_int, default=200)
-    a("--threads", type=positive_int, default=None, help="torch CPU threads")
     a("--no-progress", action="store_true")
+    add_data_arguments(parser)
+    add_hardware_arguments(parser, amp=True)
     add_register_arguments(parser, "selected gates")
 
 
@@ -169,20 +191,27 @@ def _layer_weights(args: argparse.Namespace) -> list[float] | None:
 
 
 def check(args: argparse.Namespace) -> None:
-    """Check the options before any training starts."""
+    """Check the options, load the model and the data before any training starts; sets
+    ``args.plan`` to ``(train, validation, held-out)``."""
+    from captum_vit.models.vit import is_vit
+
     output_dir(args.out, "--out")
-    registered_model(args.model, "--model")
+    check_hardware(args)
     check_register(args)
     _layer_weights(args)
+    model = model_from_args(args)
+    if not is_vit(model):
+        raise CLIError(f"--model {args.model}: Vision DiffMask gates are built for timm ViTs")
+    args.plan = training_splits(args, model, DIFFMASK_VAL_SEED, default_train_size=10_000, held_out=args.held_out)
 
 
 def run(args: argparse.Namespace) -> int:
     from captum_vit.distributed import init_distributed, shutdown
 
-    check(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ctx = init_distributed()
+    if getattr(args, "plan", None) is None:
+        check(args)
+    apply_threads(args)
+    ctx = init_distributed(args.device)
     try:
         return _train(args, ctx.device, ctx.rank, ctx.world_size)
     finally:
@@ -190,18 +219,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, device: torch.device, rank: int, processes: int) -> int:
-    from captum_vit.data.synthetic import SyntheticDataset, generate
     from captum_vit.explainers.diffmask_gates import DiffMaskGates
     from captum_vit.explainers.diffmask_objective import DiffMaskObjective, evaluate_gates
     from captum_vit.models.fingerprint import model_fingerprint
     from captum_vit.models.preprocess import normalize_for
-    from captum_vit.models.pretrained import load_entry
     from captum_vit.models.registry import register_weights
     from captum_vit.training.checkpoint import load_checkpoint
     from captum_vit.training.trainer import Trainer
 
     torch.manual_seed(args.seed)  # the gates' initialisation; Trainer seeds the data order
-    model = load_entry(registered_model(args.model, "--model"))
+    model = model_from_args(args)
+    train, val_set, held_set = args.plan
     gates = DiffMaskGates.for_model(
         model,
         mul_activation=args.mul_activation,
@@ -209,15 +237,15 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, processes:
         placeholder=not args.no_placeholder,
     )
     weights = _layer_weights(args)
-    objective = DiffMaskObjective(model, gates, args.epsilon, args.alpha, args.alpha_max, weights).to(device)
+    objective = DiffMaskObjective(
+        model, gates, args.epsilon, args.alpha, args.alpha_max, weights, l0_positions=args.l0_positions
+    ).to(device)
     opt = diffmask_optimizer(objective, args.lr, args.lr_placeholder, args.lr_alpha)
     warm = max(1, args.warmup_steps)
     ramp = lambda s: min(1.0, (s + 1) / warm)  # noqa: E731
     # Warm-up for the gate and placeholder groups only; the multipliers' rate is constant.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, [ramp] * (len(opt.param_groups) - 1) + [lambda s: 1.0])
-    size = int(model.pretrained_cfg["input_size"][-1])  # type: ignore[index]
-    train = SyntheticDataset(args.train_size, seed=EXPLAINER_TRAIN_SEED, image_size=size)
-    val = normalize_for(model, generate(args.val_size, seed=DIFFMASK_VAL_SEED, image_size=size).images).to(device)
+    val = normalize_for(model, _images(val_set)).to(device)
 
     def loss_fn(net: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
         out = net(normalize_for(model, batch[0]))
@@ -229,7 +257,7 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, processes:
         ok = m["kl"] <= args.select_max_kl and m["agreement"] >= args.select_min_acc
         return m["expected_keep"] if ok else float("inf")
 
-    steps = args.max_steps or args.epochs * (args.train_size // args.batch_size)
+    steps = args.max_steps or max(1, args.epochs * (len(train) // args.batch_size))
     trainer = Trainer(
         objective,
         opt,
@@ -245,6 +273,8 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, processes:
         seed=args.seed,
         device=device,
         progress=not args.no_progress,
+        num_workers=args.workers,
+        amp=args.amp,
     )
     start = time.perf_counter()
     result = trainer.fit(resume=args.resume)
@@ -257,7 +287,7 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, processes:
     best = Path(args.out) / "best.safetensors"
     gates.save(best)
     wrote(best, f"the gates of step {result.best_step or result.step}")
-    held = normalize_for(model, generate(args.held_out, seed=HELD_OUT_SEED, image_size=size).images)
+    held = normalize_for(model, _images(held_set))
     metrics = evaluate_gates(objective.explainee.cpu(), gates, held, seed=args.seed)
     summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     print(f"[diffmask] {result.step} steps in {elapsed:.0f} s; selected step {result.best_step}; held-out: {summary}")
@@ -268,7 +298,7 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, processes:
             gates.state_dict(),
             registry_folder(args),
             metadata=gates.weights_metadata(),
-            explainee=args.model,
+            explainee=spec_from_args(args).describe(),
             explainee_fingerprint=model_fingerprint(model),
             kwargs=dict(gates.config),
             training={
@@ -276,12 +306,20 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, processes:
                 "steps": result.step,
                 "selected_step": result.best_step,
                 "wall_time_s": round(elapsed, 1),
-                "train_seed": EXPLAINER_TRAIN_SEED,
+                "dataset": args.dataset,
+                "train_images": len(train),
+                **({"train_seed": EXPLAINER_TRAIN_SEED} if args.dataset == "synthetic" else {}),
                 "threads": torch.get_num_threads(),
                 "processes": processes,
             },
-            held_out={"images": args.held_out, "seed": HELD_OUT_SEED, "epsilon": args.epsilon}
+            held_out={"images": args.held_out, "epsilon": args.epsilon}
+            | ({"seed": HELD_OUT_SEED} if args.dataset == "synthetic" else {"dataset": args.dataset})
             | {k: round(v, 4) for k, v in metrics.items()},
         )
         wrote(registered.path, f"registered as {args.register!r}")
     return 0
+
+
+def _images(dataset: Any) -> Tensor:
+    """The pixel images of a (small) dataset, stacked."""
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])

@@ -1,14 +1,18 @@
 """pLTX pretraining: ``captum-vit pretrain-ltx`` and :func:`pretrain_ltx`.
 
-Trains an explainer (:mod:`captum_vit.explainers.ltx_network`) for a frozen explainee with the
-LTX loss (:mod:`captum_vit.explainers.ltx_objective`) on the synthetic benchmark's training
-split, with the shared :class:`~captum_vit.training.trainer.Trainer`: AdamW, linear warmup over
-20 % of the steps actually run, then linear decay (the official code computes both from its
-50k-image folder instead); validation by the positive-perturbation AUC (lower is better) on a
-separate validation split (:data:`~captum_vit.data.splits.LTX_VAL_SEED`), keeping the best
-checkpoint; atomic checkpoints and ``--resume``; data-parallel under ``torchrun``::
+Trains an explainer (:mod:`captum_vit.explainers.ltx_network`) for a frozen explainee (any
+``--model`` of :mod:`captum_vit.models.spec`: a registered name, ``timm:<name>`` with its
+weights) with the LTX loss (:mod:`captum_vit.explainers.ltx_objective`) on any dataset of
+:mod:`captum_vit.data.datasets` (default: the synthetic benchmark's training split), with the
+shared :class:`~captum_vit.training.trainer.Trainer`: AdamW, linear warmup over 20 % of the
+steps actually run, then linear decay (the official code computes both from its 50k-image
+folder instead), for the paper's 30 epochs unless ``--steps`` says otherwise; validation by
+the positive-perturbation AUC (lower is better) on held-out images (synthetic: the split
+:data:`~captum_vit.data.splits.LTX_VAL_SEED`; another dataset: ``--val-size`` images held out
+at random), keeping the best checkpoint; atomic checkpoints and ``--resume``; ``--device``,
+``--amp``, ``--workers``; data-parallel under ``torchrun``::
 
-    torchrun --nproc-per-node 2 -m captum_vit.cli pretrain-ltx --explainee synthetic-vit ...
+    torchrun --nproc-per-node 2 -m captum_vit.cli pretrain-ltx --model synthetic-vit ...
 
 ``--out DIR`` receives the checkpoints (``last.pt``, ``best.pt``) and the best explainer as
 ``best.safetensors`` (``LTX(model, explainer="DIR/best.safetensors")``). ``--register NAME``
@@ -24,14 +28,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from captum_vit._cli_common import output_dir, positive_int, wrote
+from captum_vit._cli_common import CLIError, output_dir, positive_int, wrote
+from captum_vit.data.datasets import add_data_arguments
 from captum_vit.data.splits import EXPLAINER_TRAIN_SEED, LTX_VAL_SEED
+from captum_vit.hardware import add_hardware_arguments, apply_threads, check_hardware
+from captum_vit.models.spec import add_model_arguments, model_from_args, spec_from_args
 from captum_vit.training._common import (
     add_register_arguments,
+    check_labels,
     check_register,
     command_line,
-    registered_model,
     registry_folder,
+    training_splits,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +71,8 @@ def pretrain_ltx(
     resume: bool = False,
     progress: bool = True,
     device: torch.device | str | None = None,
+    num_workers: int = 0,
+    amp: str | None = None,
 ) -> tuple[LTXExplainer, TrainResult]:
     """Pretrain an LTX/EEA explainer for ``explainee``.
 
@@ -79,7 +89,7 @@ def pretrain_ltx(
         λ (default :func:`~captum_vit.explainers.default_mask_weight`) and the mask loss.
     target : str
         ``"label"`` (explain the ground truth, the papers' "target" runs) or ``"predicted"``.
-    checkpoint_dir, checkpoint_every, validate_every, seed, resume, progress, device :
+    checkpoint_dir, checkpoint_every, validate_every, seed, resume, progress, device, num_workers, amp :
         As :class:`~captum_vit.training.trainer.Trainer`.
 
     Returns
@@ -154,6 +164,8 @@ def pretrain_ltx(
         seed=seed,
         device=dev,
         progress=progress,
+        num_workers=num_workers,
+        amp=amp,
     )
     result = trainer.fit(resume=resume)
     if result.best_checkpoint is not None:
@@ -187,52 +199,72 @@ def validation_pos_auc(
 
 # ------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser, default=None, aliases=("--explainee",))
     a = parser.add_argument
-    a("--explainee", required=True, help="registered classifier to explain (shipped, e.g. synthetic-vit, or yours)")
     a("--out", type=Path, required=True, help="folder for the checkpoints (last.pt, best.pt) and best.safetensors")
-    a("--steps", type=positive_int, default=1000)
+    a("--epochs", type=positive_int, default=30, help="epochs over the training images (default 30, the paper's)")
+    a("--steps", type=positive_int, default=None, help="optimiser steps (overrides --epochs)")
     a("--batch-size", type=positive_int, default=32, help="global batch size")
     a("--lr", type=float, default=5e-4)
     a("--mask-weight", type=float, default=None, help="λ (default: the papers' value for the size)")
     a("--mask-loss", default="bce", choices=("bce", "l1", "bce_double_sigmoid"))
     a("--target", default="label", choices=("label", "predicted"))
-    a("--train-size", type=positive_int, default=4000, help=f"training images (seed {EXPLAINER_TRAIN_SEED})")
-    a("--val-size", type=positive_int, default=128, help=f"validation images (seed {LTX_VAL_SEED})")
+    a(
+        "--train-size", type=positive_int, default=None,
+        help=f"synthetic: images rendered (default 4000, seed {EXPLAINER_TRAIN_SEED}); else: the first N (default all)",
+    )  # fmt: skip
+    a(
+        "--val-size", type=positive_int, default=128,
+        help=f"validation images (synthetic: seed {LTX_VAL_SEED}; else: held out of --data-root at random)",
+    )  # fmt: skip
     a("--checkpoint-every", type=positive_int, default=100)
     a("--validate-every", type=positive_int, default=100)
     a("--seed", type=int, default=0)
     a("--resume", action="store_true", help="continue from OUT/last.pt")
     a("--no-progress", action="store_true")
+    add_data_arguments(parser)
+    add_hardware_arguments(parser, amp=True)
     add_register_arguments(parser, "best explainer")
 
 
 def check(args: argparse.Namespace) -> None:
-    """Check the options before any training starts."""
+    """Check the options, load the explainee and the data before any training starts; sets
+    ``args.plan`` to ``(train, validation)``."""
+    from captum_vit.models.cnn import is_cnn
+    from captum_vit.models.vit import is_vit
+
     output_dir(args.out, "--out")
-    registered_model(args.explainee, "--explainee")
+    check_hardware(args)
     check_register(args)
+    model = model_from_args(args)
+    if not (is_vit(model) or is_cnn(model)):
+        raise CLIError(f"--model {args.model}: LTX explainers are built for timm ViTs and ResNet-family CNNs")
+    train, val, _ = training_splits(args, model, LTX_VAL_SEED, default_train_size=4000)
+    if args.target == "label":
+        check_labels(train, model)
+    args.plan = (train, val)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from captum_vit.data.synthetic import SyntheticDataset
     from captum_vit.distributed import init_distributed, shutdown
-    from captum_vit.models.pretrained import load_entry
     from captum_vit.models.registry import register_weights
 
-    check(args)
-    entry = registered_model(args.explainee, "--explainee")
-    ctx = init_distributed()
+    if getattr(args, "plan", None) is None:
+        check(args)
+    apply_threads(args)
+    train, val = args.plan
+    explainee = model_from_args(args)
+    steps = args.steps or max(1, args.epochs * (len(train) // args.batch_size))
+    ctx = init_distributed(args.device)
     try:
-        explainee = load_entry(entry)
-        size = int(explainee.pretrained_cfg["input_size"][-1])  # type: ignore[index]
         start = time.perf_counter()
         explainer, result = pretrain_ltx(
             explainee,
-            SyntheticDataset(args.train_size, seed=EXPLAINER_TRAIN_SEED, image_size=size),
-            SyntheticDataset(args.val_size, seed=LTX_VAL_SEED, image_size=size),
-            steps=args.steps,
+            train,
+            val,
+            steps=steps,
             batch_size=args.batch_size,
             lr=args.lr,
             mask_weight=args.mask_weight,
@@ -245,27 +277,36 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             progress=not args.no_progress,
             device=ctx.device,
+            num_workers=args.workers,
+            amp=args.amp,
         )
         elapsed = time.perf_counter() - start
         if ctx.rank != 0:
             return 0
         explainer = explainer.cpu()
-        print(f"best validation POS AUC {result.best_metric} at step {result.best_step}; {elapsed:.0f} s")
+        print(
+            f"best validation POS AUC {result.best_metric} at step {result.best_step}; {result.step} steps in "
+            f"{elapsed:.0f} s ({result.step / max(elapsed, 1e-9):.3f} steps/s)"
+        )
         best = Path(args.out) / "best.safetensors"
         explainer.save(best)
         wrote(best, "the best explainer")
         if args.register:
+            spec = spec_from_args(args)
             training = {
                 "command": command_line("pretrain-ltx", add_arguments, args),
                 "steps": result.step,
                 "best_step": result.best_step,
                 "val_pos_auc": result.best_metric,
-                "train_seed": EXPLAINER_TRAIN_SEED,
-                "val_seed": LTX_VAL_SEED,
+                "dataset": args.dataset,
+                "train_images": len(train),
+                "val_images": len(val),
                 "wall_time_s": round(elapsed, 1),
                 "threads": torch.get_num_threads(),
                 "processes": ctx.world_size,
             }
+            if args.dataset == "synthetic":
+                training |= {"train_seed": EXPLAINER_TRAIN_SEED, "val_seed": LTX_VAL_SEED}
             registered = register_weights(
                 args.register,
                 "pltx",
@@ -273,9 +314,9 @@ def run(args: argparse.Namespace) -> int:
                 registry_folder(args),
                 metadata=explainer.weights_metadata(),
                 storage_dtype=torch.float16,
-                explainee=args.explainee,
+                explainee=spec.describe(),
                 explainee_fingerprint=explainer.explainee_fingerprint,
-                kwargs={"architecture": entry.architecture(), "mask_weight": explainer.mask_weight},
+                kwargs={"architecture": spec.architecture(explainee), "mask_weight": explainer.mask_weight},
                 training=training,
             )
             wrote(registered.path, f"registered as {args.register!r}")

@@ -19,6 +19,9 @@ What it does
   same weights as an uninterrupted run with the same seed (up to float non-associativity);
 * a non-finite loss stops training with :class:`NonFiniteLossError` before the bad step is
   applied; the last good checkpoint on disk is left untouched;
+* ``amp="bf16"`` or ``"fp16"`` runs ``loss_fn`` under ``torch.autocast`` (fp16 with a
+  gradient scaler, whose state is checkpointed); ``num_workers`` worker processes load the
+  batches, into pinned memory when training on CUDA;
 * under ``torchrun`` (or any initialised ``torch.distributed`` process group) the model is
   wrapped in ``DistributedDataParallel``, each rank takes ``batch_size // world_size``
   examples of every global batch, and only rank 0 validates and writes checkpoints.
@@ -136,6 +139,11 @@ class Trainer:
         Defaults to the device of the model's first parameter.
     collate_fn, num_workers :
         Passed to the ``DataLoader``.
+    pin_memory : bool, optional
+        Load batches into pinned memory (default: when ``device`` is CUDA).
+    amp : {"bf16", "fp16"}, optional
+        Mixed precision: ``loss_fn`` runs under ``torch.autocast`` with this dtype; ``"fp16"``
+        scales the loss (``torch.amp.GradScaler``) and needs CUDA.
     drop_last : bool
         Drop each epoch's last, incomplete batch (default); ``False`` trains on it too, so an
         epoch is ``ceil(len(dataset) / batch_size)`` steps (per-process counts under DDP).
@@ -174,6 +182,8 @@ class Trainer:
         num_workers: int = 0,
         drop_last: bool = True,
         progress: bool = True,
+        pin_memory: bool | None = None,
+        amp: str | None = None,
     ) -> None:
         for name, v in (("batch_size", batch_size), ("max_steps", max_steps)):
             if not isinstance(v, int) or v <= 0:
@@ -197,6 +207,13 @@ class Trainer:
             p = next(model.parameters(), None)
             device = p.device if p is not None else torch.device("cpu")
         self.device = torch.device(device)
+        if amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+        if amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' on the CPU")
+        self.amp_dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
         self.sampler: DistributedSampler[Any] = DistributedSampler(
             dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed, drop_last=True
         )
@@ -223,6 +240,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
             "rng": rngs,
             "step": self.step,
             "best_metric": self.best_metric,
@@ -241,6 +259,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
         set_rng_state(rngs[rank()] if rank() < len(rngs) else rngs[0])
         self.step, self.best_metric, self.best_step = int(state["step"]), state["best_metric"], state["best_step"]
@@ -296,6 +316,7 @@ class Trainer:
             drop_last=self.drop_last,
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
             generator=gen,
         )
 
@@ -343,7 +364,8 @@ class Trainer:
         )
 
     def _train_step(self, net: nn.Module, batch: Any) -> dict[str, float]:
-        out = self.loss_fn(net, batch)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.loss_fn(net, batch)
         loss, logs = (out, {}) if isinstance(out, Tensor) else out
         if loss.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}")
@@ -354,10 +376,12 @@ class Trainer:
                 f"before applying it{where}. Lower the learning rate or check the inputs."
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # with fp16, skipped when the scaled gradients overflowed
+        self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
         record = {"loss": float(loss.detach())} | {k: float(v) for k, v in logs.items()}

@@ -36,17 +36,23 @@ class ExplainRequest:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
-    too_large = ServeError(413, "payload_too_large", f"the request body exceeds {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large
+            # Drop the chunks first: the traceback keeps this frame alive until it is collected.
+            chunks.clear()
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ServeError:
+    return ServeError(413, "payload_too_large", f"the request body exceeds {limit} bytes")
 
 
 def wants_png(accept: str | None) -> bool:
