@@ -5,6 +5,11 @@ Writes ``figure.png`` (each image with its ground-truth mask and one map per met
 faithfulness/localisation metrics) to ``--out``, and prints the table.
 
     captum-vit demo --out out/demo
+    captum-vit demo --model timm:vit_small_patch16_224 --weights mine.safetensors --num-classes 5 --img-size 64
+
+The images are the synthetic benchmark's (:mod:`captum_vit.data.synthetic`) at the model's
+input size: meaningful for a model trained on them; any ``--model`` of
+:mod:`captum_vit.models.spec` runs.
 """
 
 from __future__ import annotations
@@ -25,18 +30,21 @@ from captum_vit._cli_common import name_list, output_dir, positive_int, wrote
 from captum_vit._io import atomic_write
 from captum_vit.attr import get_method, list_methods
 from captum_vit.data.splits import BENCHMARK_SEED
+from captum_vit.hardware import add_hardware_arguments, apply_threads, check_hardware
 from captum_vit.models.preprocess import model_logits, normalize_for
+from captum_vit.models.spec import add_model_arguments, model_from_args
 from captum_vit.models.vit import is_vit
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
-    p.add_argument("--model", default="synthetic-vit", help="shipped model name (default synthetic-vit)")
+    add_model_arguments(p)
     p.add_argument("--num-images", type=positive_int, default=4, help="images in the figure (default 4)")
     p.add_argument("--num-eval", type=positive_int, default=16, help="images for the metrics (default 16)")
     p.add_argument("--seed", type=int, default=BENCHMARK_SEED, help="seed of the generated images")
     p.add_argument("--methods", default=None, help="comma-separated registered methods (default: all for the model)")
     p.add_argument("--repeats", type=positive_int, default=3, help="timing repeats; the median is reported")
+    add_hardware_arguments(p, workers=None)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -46,10 +54,9 @@ def check(args: argparse.Namespace) -> None:
     ``--methods`` every named method must build for the model; without it, methods that
     cannot (e.g. a learned explainer with no weights for this model) are skipped with a warning.
     """
-    from captum_vit.models import load_pretrained
-
     output_dir(args.out)
-    model = load_pretrained(args.model)
+    check_hardware(args)
+    model = model_from_args(args)
     kind = "vit" if is_vit(model) else "cnn"
     if args.methods:
         names = name_list(args.methods, "--methods", list_methods(kind), f"method for a {kind} model")
@@ -103,15 +110,18 @@ def write_figure(path: Path, images: Tensor, masks: Tensor, maps: dict[str, Tens
 
 def run(args: argparse.Namespace) -> int:
     from captum_vit.data.synthetic import CLASS_NAMES, generate
+    from captum_vit.distributed import init_distributed
 
     if getattr(args, "loaded_model", None) is None:
         check(args)
+    apply_threads(args)
+    device = init_distributed(args.device).device
     torch.manual_seed(0)
-    model: nn.Module = args.loaded_model
+    model: nn.Module = args.loaded_model.to(device)
     cfg: dict[str, Any] = model.pretrained_cfg  # type: ignore[assignment]
     size = int(cfg["input_size"][-1])
     data = generate(max(args.num_images, args.num_eval), seed=args.seed, image_size=size)
-    pixels, labels, masks = data.images, data.labels, data.masks
+    pixels, labels, masks = data.images.to(device), data.labels.to(device), data.masks.to(device)
     x = normalize_for(model, pixels)
 
     shown = x[: args.num_images]
@@ -126,18 +136,20 @@ def run(args: argparse.Namespace) -> int:
             return m.attribute(shown, target=t)
 
         seconds = median_seconds(explain, args.repeats)
-        maps[name] = explain().detach()
+        maps[name] = explain().detach().cpu()
         row = {"method": name, "latency_ms": 1000 * seconds, "x_forward": seconds / forward_s}
         n = args.num_eval
         row.update(demo_metrics(model, method, pixels[:n], x[:n], labels[:n], masks[:n]))
         rows.append(row)
 
+    names = list(cfg.get("label_names") or ())
     captions = [
-        f"{CLASS_NAMES[int(t)]}\n(pred {CLASS_NAMES[int(p)]})"
+        f"{CLASS_NAMES[int(t)]}\n(pred {names[int(p)] if int(p) < len(names) else int(p)})"
         for t, p in zip(labels[: args.num_images], pred[: args.num_images])
     ]
     figure, metrics = args.out / "figure.png", args.out / "metrics.md"
-    write_figure(figure, pixels[: args.num_images], masks[: args.num_images], maps, captions)
+    shown_masks = masks[: args.num_images].cpu()
+    write_figure(figure, pixels[: args.num_images].cpu(), shown_masks, maps, captions)
     table = format_table(rows, forward_ms=1000 * forward_s, batch=int(shown.shape[0]), model_name=args.model)
     atomic_write(metrics, lambda tmp: tmp.write_text(table))
     print(table)
@@ -163,7 +175,7 @@ def demo_metrics(
     return {
         "pos_auc (lower better)": float(positive_perturbation_auc(model, pixels, attr, labels).mean()),
         "neg_auc (higher better)": float(negative_perturbation_auc(model, pixels, attr, labels).mean()),
-        "mIoU": segmentation_scores(segmentation_stats(attr, masks))["miou"],
+        "mIoU": segmentation_scores(segmentation_stats(attr.cpu(), masks.cpu()))["miou"],
     }
 
 

@@ -37,14 +37,19 @@ def add_hardware_arguments(
     """
     g = parser.add_argument_group("hardware")
     g.add_argument(
-        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is a GPU; torchrun: cuda:LOCAL_RANK)"
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda when there is a GPU; torchrun: cuda:LOCAL_RANK)",
     )
     if amp:
         g.add_argument(
             "--amp", choices=AMP_CHOICES, default=None, help="mixed-precision training (fp16 needs a CUDA device)"
         )
     g.add_argument(
-        "--threads", type=positive_int, default=threads, help="torch CPU threads" + (f" (default {threads})" if threads else "")
+        "--threads",
+        type=positive_int,
+        default=threads,
+        help="torch CPU threads" + (f" (default {threads})" if threads else ""),
     )
     if workers is not None:
         g.add_argument(

@@ -1,12 +1,19 @@
-"""``captum-vit export``: a shipped (or saved) explainer to ONNX, optionally a TensorRT engine.
+"""``captum-vit export``: a trained explainer of any model to ONNX, optionally a TensorRT engine.
 
 captum-vit export --model synthetic-vit --out out/synthetic-vit-pltx.onnx
+captum-vit export --model timm:vit_small_patch16_224 --weights mine.safetensors --explainer run/best.safetensors --out e.onnx
+captum-vit export --model synthetic-vit --predict --out out/pe.onnx   # outputs: the map and the logits
 captum-vit export --model synthetic-vit --precision fp16 --format tensorrt --out out/e16.onnx
 captum-vit export --model synthetic-vit --precision int8 --out out/e8.onnx   # onnxruntime CPU
 captum-vit export --model synthetic-vit --method diffmask --out out/synthetic-vit-diffmask.onnx
 captum-vit export --model synthetic-vit --out out/e.onnx --triton-repo out/triton
 
-:func:`check` loads the model and the explainer and checks every option (output path,
+The explainee is any ``--model`` of :mod:`captum_vit.models.spec`; the explainer is
+``--explainer`` (pLTX: a registered name or a ``.safetensors``/``.pt`` file such as
+``pretrain-ltx``'s ``OUT/best.safetensors``) or ``--gates`` (DiffMask), by default the one
+registered for the model's weights fingerprint. ``--predict`` exports a "predict and explain"
+graph (:mod:`captum_vit.export.predict_explain`) whose outputs are the map and the explainee's
+logits. :func:`check` loads the model and the explainer and checks every option (output path,
 precision and format, TensorRT availability) before the export starts; :func:`run` exports,
 checks parity and reports each file it wrote.
 """
@@ -17,21 +24,29 @@ import argparse
 from pathlib import Path
 
 from captum_vit._cli_common import CLIError, input_file, output_dir, output_file, positive_int, wrote
+from captum_vit.models.spec import add_model_arguments, model_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="synthetic-vit", help="shipped explainee (default synthetic-vit)")
+    add_model_arguments(p)
     p.add_argument(
         "--method",
         choices=("pltx", "diffmask"),
         default="pltx",
         help="pltx: the LTX/EEA explainer network; diffmask: the ViT plus its Vision DiffMask gates",
     )
-    p.add_argument("--explainer", default=None, help="pltx: shipped explainer name (default: <model>-pltx)")
+    p.add_argument(
+        "--explainer",
+        default=None,
+        help="pltx: a registered explainer name or a .safetensors/.pt file (default: the one registered for the model)",
+    )
     p.add_argument(
         "--gates",
         default=None,
-        help="diffmask: shipped gates name or gates .safetensors file (default: the model's shipped gates)",
+        help="diffmask: a registered gates name or a gates .safetensors file (default: those registered for the model)",
+    )
+    p.add_argument(
+        "--predict", action="store_true", help="also output the model's logits (a predict-and-explain graph)"
     )
     p.add_argument("--layer", type=int, default=-1, help="diffmask: hidden state of the map (default -1, the last)")
     p.add_argument(
@@ -93,11 +108,14 @@ def check(args: argparse.Namespace) -> None:
             raise CLIError(f"--format tensorrt: cannot build engines here: {reason}")
     if args.checkpoint is not None:
         input_file(args.checkpoint, "--checkpoint")
+    if args.predict and args.precision != "fp32":
+        raise CLIError(f"--predict graphs are exported in fp32; got --precision {args.precision}")
 
-    from captum_vit.models import load_pretrained
+    from captum_vit.models.fingerprint import model_fingerprint
+    from captum_vit.models.registry import find_explainer_entry
     from captum_vit.models.vit import is_vit
 
-    explainee = load_pretrained(args.model)
+    explainee = model_from_args(args)
     if args.precision == "int8" and not is_vit(explainee):
         raise CLIError(
             f"--precision int8 quantizes MatMul/Gemm layers and the CNN explainer of {args.model} has none; "
@@ -112,21 +130,36 @@ def check(args: argparse.Namespace) -> None:
         from captum_vit.explainers.registry import load_ltx_explainer
         from captum_vit.export.explainers import pltx_export_module
 
-        spec = args.checkpoint if args.checkpoint is not None else (args.explainer or f"{args.model}-pltx")
+        spec = args.checkpoint if args.checkpoint is not None else args.explainer
+        if spec is None and find_explainer_entry(model_fingerprint(explainee), "pltx") is None:
+            raise CLIError(
+                f"no pLTX explainer is registered for --model {args.model} (weights fingerprint "
+                f"{model_fingerprint(explainee)}): pass --explainer NAME|FILE, or train one with "
+                "`captum-vit pretrain-ltx ... --register NAME`"
+            )
         args.export = pltx_export_module(load_ltx_explainer(spec, explainee).eval(), explainee)
+    if args.predict:
+        from captum_vit.export.predict_explain import predict_explain_module
+
+        args.export = predict_explain_module(*args.export, explainee)
 
 
 def run(args: argparse.Namespace) -> int:
     from captum_vit.export.onnx_export import ExportParityError, export_onnx
+    from captum_vit.export.predict_explain import export_predict_explain
 
     if getattr(args, "export", None) is None:
         check(args)
     module, meta = args.export
     try:
-        report = export_onnx(module, args.out, meta, precision=args.precision, opset=args.opset)
+        if args.predict:
+            report = export_predict_explain(module, args.out, meta, opset=args.opset)
+        else:
+            report = export_onnx(module, args.out, meta, precision=args.precision, opset=args.opset)
     except ExportParityError as e:
         raise CLIError(str(e)) from e
-    wrote(report.path, f"{args.method}, {args.precision}, max |onnx - torch| = {report.max_abs_diff:.2e}")
+    what = f"{args.method} and logits" if args.predict else args.method
+    wrote(report.path, f"{what}, {args.precision}, max |onnx - torch| = {report.max_abs_diff:.2e}")
     if args.format == "tensorrt":
         from captum_vit.export.tensorrt import BatchProfile, build_engine
 

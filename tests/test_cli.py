@@ -171,7 +171,7 @@ def test_evaluate_rejects_an_unwritable_folder(tmp_path: Path, capsys: pytest.Ca
         (["--methods", "gae,nope"], "--methods: unknown method 'nope'; expected a comma-separated list of "),
         (["--metrics", "speed"], "--metrics: unknown metric group 'speed'; expected a comma-separated list of "),
         (["--baseline", "grey"], "argument --baseline: invalid choice: 'grey'"),
-        (["--model", "no-such-model"], "unknown pretrained model name 'no-such-model'"),
+        (["--model", "no-such-model"], "--model: 'no-such-model' is not a registered classifier"),
         (["--model", "synthetic-resnet", "--methods", "rollout"], "method 'rollout' does not support cnn models"),
         (["--dataset", "voc", "--data-root", "/nonexistent/VOC"], "--data-root: no such file or folder: /nonexistent"),
         (["--n", "8"], "unrecognized arguments: --n 8"),  # renamed: torchrun takes --n as its own
@@ -188,7 +188,7 @@ def test_demo_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixtur
         (["--out", str(blocker)], f"--out: {blocker} exists and is not a folder"),
         (["--methods", "gradcam"], "--methods: unknown method for a vit model 'gradcam'"),
         (["--num-eval", "0"], "argument --num-eval: expected a positive integer, got '0'"),
-        (["--model", "no-such-model"], "unknown pretrained model name 'no-such-model'"),
+        (["--model", "no-such-model"], "--model: 'no-such-model' is not a registered classifier"),
     ]:
         assert main(["demo", "--out", str(tmp_path / "demo"), *argv]) == 2
         assert _one_line_error(capsys.readouterr().err, "demo").startswith(message)

@@ -114,17 +114,27 @@ def main(argv: list[str] | None = None) -> int:
     methods = tuple(args.methods.split(",")) if args.methods else None
     models = tuple(args.models.split(","))
     board = leaderboard(args.num_images, args.pairs, args.seed, args.batch_size, models, methods, groups)
-    command = "python benchmarks/quality/leaderboard.py" + "".join(
-        f" --{k.replace('_', '-')} {v}"
-        for k, v in vars(args).items()
-        if k not in ("out", "models", "methods", "update", "resamples") and v != p.get_default(k)
+    command = (
+        "python benchmarks/quality/leaderboard.py"
+        + "".join(
+            f" --{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k not in ("out", "update", "resamples") and v != p.get_default(k)
+        )
+        + (" --update" if args.update else "")
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    commands = [command]
     if args.update and (args.out / "leaderboard.json").is_file():
         previous = json.loads((args.out / "leaderboard.json").read_text())
-        if previous["meta"]["command"] != command:
+        # Rows may use different image counts: SyntheticDataset(n, seed)[i] does not depend on
+        # n, so a smaller run holds the first images of a larger one and rows are compared on
+        # the images they share. The seed and the metrics must match.
+        same = {k: previous["meta"]["args"][k] for k in ("seed", "groups")} == {
+            "seed": str(args.seed), "groups": args.groups}  # fmt: skip
+        if not same:
             raise SystemExit(
-                f"--update: the existing table was made by {previous['meta']['command']!r}, not {command!r}"
+                f"--update: the existing table used {previous['meta']['args']}; --seed and --groups must match"
             )
         for model_name, entry in board.items():
             old = previous["models"].setdefault(model_name, {"per_image": {}, "skipped": {}, "seconds": {}})
@@ -132,14 +142,17 @@ def main(argv: list[str] | None = None) -> int:
                 for name in list(entry["per_image"]) + list(entry["skipped"]):
                     old[key].pop(name, None)
                 old[key].update(entry[key])
-            old["per_image"] = dict(sorted(old["per_image"].items(), key=lambda kv: (kv[0].startswith("oracle"), kv[0])))
+            old["per_image"] = dict(
+                sorted(old["per_image"].items(), key=lambda kv: (kv[0].startswith("oracle"), kv[0]))
+            )
         board = previous["models"]
+        commands = [*previous["meta"].get("commands", [previous["meta"]["command"]]), command]
     for entry in board.values():
         entry["summary"] = statistics(entry["per_image"], args.resamples)
-    markdown = to_markdown(board, command, args.resamples)
+    markdown = to_markdown(board, commands, args.resamples)
     (args.out / "leaderboard.md").write_text(markdown)
-    meta = {"command": command, "torch": torch.__version__, "machine": platform.machine(), "args": {
-        k: str(v) for k, v in vars(args).items()}}  # fmt: skip
+    meta = {"command": command, "commands": commands, "torch": torch.__version__, "machine": platform.machine(),
+            "args": {k: str(v) for k, v in vars(args).items()}}  # fmt: skip
     (args.out / "leaderboard.json").write_text(json.dumps({"meta": meta, "models": board}))
     print(markdown)
     return 0

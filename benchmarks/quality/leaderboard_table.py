@@ -111,8 +111,12 @@ def _mark(p: float | None) -> str:
     return f"{'**>**' if p < 0.05 else '≈'} (p {p:.3f})" if p >= 0.001 else "**>** (p < 0.001)"
 
 
-def to_markdown(board: dict[str, Any], command: str, resamples: int) -> str:
-    lines = ["# Leaderboard on the synthetic benchmark", "", f"Produced by `{command}`", ""]
+def _count(t: dict[str, Any]) -> str:
+    return str(t["pos_auc"]["count"]) if "pos_auc" in t else ""
+
+
+def to_markdown(board: dict[str, Any], commands: list[str], resamples: int) -> str:
+    lines = ["# Leaderboard on the synthetic benchmark", "", "Produced by", "", "```bash", *commands, "```", ""]
     lines += [
         "Every figure is the mean over images with its 95 % percentile bootstrap interval "
         f"({resamples} resamples of the images). *gap closed* = (random − method) / (random − oracle) on the",
@@ -126,15 +130,24 @@ def to_markdown(board: dict[str, Any], command: str, resamples: int) -> str:
         rows = entry["per_image"]
         stats = statistics(rows, resamples)
         n_single = max((stats[n]["pos_auc"]["count"] for n in stats if "pos_auc" in stats[n]), default=0)
-        n_pairs = max((stats[n]["class_sensitivity"]["count"] for n in stats if "class_sensitivity" in stats[n]), default=0)
-        lines += ["", f"## {model_name}", "", f"{n_single} single-object images, {n_pairs} two-object images.", ""]
-        head = ["method", "gap closed (POS)", "gap closed (deletion)", *(f"{c} {'↑' if METRICS[c] else '↓'}" for c in MAIN)]
+        n_pairs = max(
+            (stats[n]["class_sensitivity"]["count"] for n in stats if "class_sensitivity" in stats[n]), default=0
+        )
+        lines += ["", f"## {model_name}", "", f"Up to {n_single} single-object images and {n_pairs} two-object images"]
+        lines += ["(*n*: a row's single-object images; rows are compared on the images they share).", ""]
+        head = [
+            "method",
+            "n",
+            "gap closed (POS)",
+            "gap closed (deletion)",
+            *(f"{c} {'↑' if METRICS[c] else '↓'}" for c in MAIN),
+        ]
         lines += ["| " + " | ".join([*head, "vs next (POS)"]) + " |", "|" + "---|" * (len(head) + 1)]
         order = ranking(rows, stats, "pos_auc", resamples)
         for name, p in [*order, *((n, None) for n in rows if n.startswith("oracle"))]:
             t = stats[name]
             cells = [_cell(t.get(f"gap_{m}"), 2) for m in GAP_METRICS] + [_cell(t.get(c)) for c in MAIN]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mark(p)} |")
+            lines.append(f"| {name} | {_count(t)} | " + " | ".join(cells) + f" | {_mark(p)} |")
         cols = [m for m in METRICS if m not in MAIN and any(m in t for t in stats.values())]
         if cols:
             lines += ["", "Other metrics (mean [95 % interval]) and run time:", ""]

@@ -1,6 +1,6 @@
 """Attribution methods for Vision Transformers (and CNNs), as captum ``Attribution``s."""
 
-from captum_vit.attr._base import MapAttribution, patch_map_output, unpack_single_input
+from captum_vit.attr._base import EmptyMapWarning, MapAttribution, patch_map_output, unpack_single_input
 from captum_vit.attr._registry import get_method, list_methods, method_info, register_method
 from captum_vit.attr._targets import format_targets
 from captum_vit.attr.attention_gradcam import AttentionGradCAM
@@ -21,6 +21,7 @@ __all__ = [
     "GenericAttention",
     "GradCAM",
     "EEA",
+    "EmptyMapWarning",
     "IIA",
     "LTX",
     "MUTEX",

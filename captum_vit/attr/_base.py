@@ -28,6 +28,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_vit.attr._targets import format_targets, resolve_targets
+from captum_vit.kernels._common import accumulation_dtype
 from captum_vit.models.cnn import SUPPORTED_CNNS, CNNAdapter
 from captum_vit.models.preprocess import model_logits
 from captum_vit.models.view import private_view, unwrap_compiled
@@ -88,8 +89,10 @@ def patch_map_output(
 ) -> TensorOrTupleOfTensorsGeneric:
     """What ``attribute`` returns for the ``(B, h, w)`` patch map of ``images``.
 
-    The map (detached, in ``images``' dtype) as it is with ``return_patch_map``, otherwise
-    upsampled with ``interpolate_mode`` and broadcast to ``images``' ``(B, C, H, W)``
+    The map (detached, in ``images``' dtype, or float32 for half-precision images: maps can
+    lie far below float16's normal range, and rounding them to 3 significant digits changed
+    them) as it is with ``return_patch_map``, otherwise upsampled with ``interpolate_mode`` and
+    broadcast to ``images``' ``(B, C, H, W)``
     (:func:`captum_vit.models.upsample_patch_map`); a 1-tuple when the inputs were one.
     Every :class:`MapAttribution` and the exported runtime's ``FastAttribution`` end here.
 
@@ -101,8 +104,9 @@ def patch_map_output(
     >>> patch_map_output(torch.ones(2, 2, 2), x, is_tuple=True, return_patch_map=True)[0].shape
     torch.Size([2, 2, 2])
     """
-    pmap = patch_map.detach().to(images.dtype)
-    out = pmap if return_patch_map else upsample_patch_map(pmap, images.shape, interpolate_mode).to(images.dtype)
+    dtype = accumulation_dtype(images.dtype)
+    pmap = patch_map.detach().to(dtype)
+    out = pmap if return_patch_map else upsample_patch_map(pmap, images.shape, interpolate_mode).to(dtype)
     return _format_output(is_tuple, (out,))  # type: ignore[return-value]
 
 
@@ -125,7 +129,8 @@ def warn_if_empty(cam: Tensor, method: str, why: str) -> None:
     """
     empty = torch.nonzero(cam.flatten(1).amax(dim=1) <= 0).flatten().tolist()
     if empty:
-        warnings.warn(f"{method}: the map of image(s) {empty} is all zero ({why})", EmptyMapWarning, stacklevel=4)
+        # stacklevel: past _patch_map, attribute and captum's log_usage wrapper, to the caller
+        warnings.warn(f"{method}: the map of image(s) {empty} is all zero ({why})", EmptyMapWarning, stacklevel=5)
 
 
 def layer_path(model: nn.Module, layer: nn.Module | str) -> str:
@@ -211,7 +216,9 @@ class MapAttribution(GradientAttribution):
         """Whether ``attribute`` differentiates through the model."""
         return self.uses_gradients
 
-    def __init__(self, model: nn.Module, interpolate_mode: str | None = None, output_fn: OutputFn | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, interpolate_mode: str | None = None, output_fn: OutputFn | None = None
+    ) -> None:
         self._adapter = make_adapter(model, self.model_kinds)
         GradientAttribution.__init__(self, model)
         self.model = model
@@ -332,7 +339,8 @@ class MapAttribution(GradientAttribution):
         -------
         Tensor or tuple of one Tensor
             ``(B, C, H, W)`` (the map upsampled and broadcast over channels), or
-            ``(B, h, w)`` with ``return_patch_map=True``; same tuple-ness as ``inputs``.
+            ``(B, h, w)`` with ``return_patch_map=True``; same tuple-ness as ``inputs``; in
+            the inputs' dtype, float32 for half-precision inputs.
 
         Raises
         ------

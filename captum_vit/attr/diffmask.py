@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from captum_vit.attr._base import OutputFn
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
+from captum_vit.explainers.diffmask_gates import DiffMaskGates
 from captum_vit.explainers.hard_concrete import expected_keep
 from captum_vit.explainers.registry import GatesSpec, load_gates
 
@@ -41,6 +44,12 @@ class VisionDiffMask(AttentionAttribution):
         i.e. gates of all states multiplied, as the paper).
     interpolate_mode : str
         Upsampling of the patch map (default ``"nearest"``, as the paper).
+    output_fn : callable, optional
+        See :class:`~captum_vit.attr.MapAttribution` (only the targets are checked against it:
+        the map does not depend on the output).
+
+    Gates on another device or in another dtype than the images are used through a private
+    copy moved there (the given gates are never moved or cast).
 
     Raises
     ------
@@ -67,6 +76,7 @@ class VisionDiffMask(AttentionAttribution):
     """
 
     default_interpolate_mode = "nearest"
+    uses_gradients = False
 
     def __init__(
         self,
@@ -74,19 +84,25 @@ class VisionDiffMask(AttentionAttribution):
         gates: GatesSpec = None,
         layer: int = -1,
         interpolate_mode: str | None = None,
+        output_fn: OutputFn | None = None,
     ) -> None:
-        super().__init__(model, interpolate_mode)
-        self.gates = load_gates(gates, model)
+        super().__init__(model, interpolate_mode, output_fn)
+        self.gates = load_gates(gates, self.adapter.model)  # a compiled model's own module
+        self._copies: dict[tuple[torch.device, torch.dtype], DiffMaskGates] = {}
         k = int(self.gates.config["num_states"])
         if not isinstance(layer, int) or not -k <= layer < k:
             raise ValueError(f"layer must be an int in [{-k}, {k}) for a model with {k} hidden states, got {layer!r}")
         self.layer = layer
 
+    def _gates_on(self, device: torch.device, dtype: torch.dtype) -> DiffMaskGates:
+        if all(p.device == device and p.dtype == dtype for p in self.gates.parameters()):
+            return self.gates
+        if (device, dtype) not in self._copies:  # a dict write: atomic for concurrent calls
+            self._copies[device, dtype] = copy.deepcopy(self.gates).to(device=device, dtype=dtype)
+        return self._copies[device, dtype]
+
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        p = next(self.gates.parameters())
-        if p.device != x.device or p.dtype != x.dtype:
-            self.gates.to(device=x.device, dtype=x.dtype)
         with torch.no_grad():
-            logits = self.gates.gate_logits(self.model, x, forward_args)
+            logits = self._gates_on(x.device, x.dtype).gate_logits(self.adapter.model, x, forward_args)
         keep = expected_keep(logits, self.layer)
         return keep.reshape(-1, *self.vit.grid_size((x.shape[-2], x.shape[-1])))

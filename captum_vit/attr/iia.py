@@ -259,10 +259,8 @@ class IIA(AttentionAttribution):
             pool = self._attentions(x, None, forward_args, gradients=False).pool
             assert pool is not None
             pool_row = pool.mean(dim=1)
-        if target is None:  # the prediction on the real input, not on the baseline (§5.6 issue 3)
-            with torch.no_grad():
-                target = resolve_targets(None, self._forward(x, forward_args))
-        target = target.to(x.device)
+        with torch.no_grad():  # None: the prediction on the real input, not on the baseline (§5.6 issue 3)
+            target = resolve_targets(target, self._forward(x, forward_args))
         points = path_points(steps).to(x)
         batch, n_points = x.shape[0], points.shape[0]
         ex = torch.arange(batch, device=x.device).repeat_interleave(n_points)  # example-major rows

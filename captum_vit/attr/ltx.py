@@ -125,11 +125,11 @@ class LTX(MapAttribution):
             raise ValueError(f"finetune_lr must be a positive number, got {finetune_lr!r}")
         if mask_loss not in MASK_LOSSES:
             raise ValueError(f"mask_loss must be one of {MASK_LOSSES}, got {mask_loss!r}")
-        self.explainer = load_ltx_explainer(explainer, model)
+        self.explainer = load_ltx_explainer(explainer, self.adapter.model)  # a compiled model's own module
         self.finetune_steps, self.finetune_lr, self.select_by_pos_auc = steps, float(finetune_lr), select_by_pos_auc
         self.mask_weight = default_mask_weight(self.explainer) if mask_weight is None else float(mask_weight)
         self.mask_loss, self.baseline = mask_loss, baseline
-        self.mean, self.std = model_normalization(model, mean, std)
+        self.mean, self.std = model_normalization(self.adapter.model, mean, std)
         self._copies: dict[tuple[torch.device, torch.dtype], LTXExplainer] = {}
 
     @property

@@ -260,7 +260,7 @@ def check_images(dataset: Dataset[Sample], on_bad_image: str = "fail", workers: 
     return Subset(dataset, keep)
 
 
-def held_out_splits(dataset: Dataset[Sample], sizes: Sequence[int], seed: int = 0) -> list[Dataset[Sample]]:
+def held_out_splits(dataset: Dataset[Sample], sizes: Sequence[int], seed: int = 0) -> list[Subset[Sample]]:
     """Disjoint random subsets of ``sizes`` examples, then the rest (the training set), the
     same for a given ``seed`` on every machine and rank.
 
@@ -280,7 +280,7 @@ def held_out_splits(dataset: Dataset[Sample], sizes: Sequence[int], seed: int = 
     if sum(sizes) >= n:
         raise ValueError(f"the held-out splits ({' + '.join(map(str, sizes))} images) leave none of {n} to train on")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    out: list[Dataset[Sample]] = []
+    out: list[Subset[Sample]] = []
     start = 0
     for size in sizes:
         out.append(Subset(dataset, sorted(order[start : start + size])))

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from captum_vit.explainers.diffmask_gates import DiffMaskGates
 from captum_vit.explainers.hard_concrete import expected_keep, hard_concrete_sample, log_prob_nonzero
 
-
 #: Positions the L0 term of :class:`DiffMaskObjective` can average over.
 L0_POSITIONS = ("all", "patches")
 

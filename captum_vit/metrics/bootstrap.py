@@ -69,7 +69,7 @@ def bootstrap(
     statistic : callable
         Takes the arrays with one extra leading axis of resamples (each ``(R, n, ...)``) and
         returns ``(R,)``; it is also called once on the original arrays (``R = 1``) for the
-        estimate. ``lambda v: v.mean(-1)`` is the mean of per-image values.
+        estimate. Resamples where it is NaN (e.g. 0/0) are left out of the quantiles. ``lambda v: v.mean(-1)`` is the mean of per-image values.
     *arrays : Tensor
         Per-image values, each ``(n, ...)``, aligned on the image axis (resampled together).
     num_samples : int
@@ -99,7 +99,9 @@ def bootstrap(
         raise ValueError("bootstrap needs at least one per-image array")
     n = int(arrays[0].shape[0])
     if n == 0 or any(int(a.shape[0]) != n for a in arrays):
-        raise ValueError(f"arrays must be non-empty and share their first (image) axis, got {[a.shape for a in arrays]}")
+        raise ValueError(
+            f"arrays must be non-empty and share their first (image) axis, got {[a.shape for a in arrays]}"
+        )
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     data = [a.double() for a in arrays]
@@ -107,7 +109,8 @@ def bootstrap(
     idx = resample_indices(n, num_samples, seed)
     stats = statistic(*(a[idx] for a in data)).reshape(-1)
     alpha = (1.0 - level) / 2
-    low, high = torch.quantile(stats, torch.tensor([alpha, 1.0 - alpha], dtype=stats.dtype)).tolist()
+    # A resample where the statistic is undefined (0/0 in a ratio) is left out.
+    low, high = torch.nanquantile(stats, torch.tensor([alpha, 1.0 - alpha], dtype=stats.dtype)).tolist()
     return Interval(estimate, float(low), float(high))
 
 
@@ -189,7 +192,9 @@ def paired_difference(
     idx = resample_indices(int(d.shape[0]), num_samples, seed)
     stats = d[idx].mean(-1)
     p = 2.0 * min(float((stats <= 0).double().mean()), float((stats >= 0).double().mean()))
-    return PairedDifference(bootstrap(lambda v: v.mean(-1), d, num_samples=num_samples, level=level, seed=seed), min(1.0, p))
+    return PairedDifference(
+        bootstrap(lambda v: v.mean(-1), d, num_samples=num_samples, level=level, seed=seed), min(1.0, p)
+    )
 
 
 def miou_ci(

@@ -115,7 +115,9 @@ class ModelSpec:
         folder = Path(text[len("hf:") :] if text.startswith("hf:") else text).expanduser()
         if text.startswith("hf:") or (folder.is_dir() and (folder / "config.json").is_file()):
             if given:
-                raise ValueError(f"{given[0]} applies to timm:<architecture> models; a Hugging Face folder holds its own")
+                raise ValueError(
+                    f"{given[0]} applies to timm:<architecture> models; a Hugging Face folder holds its own"
+                )
             if not (folder / "config.json").is_file():
                 raise ValueError(f"--model: {folder} is not a Hugging Face model folder (no config.json)")
             return cls("hf", str(folder))
@@ -256,6 +258,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def _load_timm(spec: ModelSpec) -> nn.Module:
     import timm
 
+    model: Any  # a timm model: its pretrained_cfg is a plain attribute
     kwargs: dict[str, Any] = {}
     if spec.num_classes is not None:
         kwargs["num_classes"] = spec.num_classes
@@ -339,7 +342,9 @@ def hf_preprocessing(folder: str | Path) -> dict[str, Any]:
         hw = (int(crop["height"]), int(crop["width"]))
         crop_pct, crop_mode = min(hw) / int(size["shortest_edge"]), "center"
     else:
-        raise ValueError(f"--model: {path}: unsupported size {proc.get('size')!r} / crop_size {proc.get('crop_size')!r}")
+        raise ValueError(
+            f"--model: {path}: unsupported size {proc.get('size')!r} / crop_size {proc.get('crop_size')!r}"
+        )
     normalise = proc.get("do_normalize", True)
     return {
         "input_size": (3, *hw),
@@ -351,20 +356,34 @@ def hf_preprocessing(folder: str | Path) -> dict[str, Any]:
     }
 
 
+class HFImageClassifier(nn.Module):
+    """A ``transformers`` image classifier whose forward returns the logits tensor, with its
+    preprocessing in ``pretrained_cfg``; the loaded model itself is ``.model``.
+
+    ``transformers`` models return a ``ModelOutput``; the library's metrics and methods take
+    models that return logits, as timm's do.
+    """
+
+    def __init__(self, model: nn.Module, pretrained_cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.pretrained_cfg = pretrained_cfg
+        self.num_classes = int(pretrained_cfg["num_classes"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
 def _load_hf(folder: Path) -> nn.Module:
     try:
-        from transformers import AutoConfig, AutoModelForImageClassification
+        from transformers import AutoModelForImageClassification
     except ImportError as e:
         raise ImportError("a Hugging Face model folder needs transformers: pip install 'captum_vit[hf]'") from e
     cfg = hf_preprocessing(folder)
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    config.return_dict = False  # a tuple output: captum_vit.models.preprocess.model_logits reads it
-    model = AutoModelForImageClassification.from_pretrained(str(folder), config=config, local_files_only=True)
-    labels = getattr(config, "id2label", None) or {}
-    model.pretrained_cfg = dict(
-        cfg, num_classes=int(config.num_labels), label_names=[str(labels[i]) for i in sorted(labels)]
-    )
-    return model.float().eval()
+    model = AutoModelForImageClassification.from_pretrained(str(folder), local_files_only=True)
+    labels = getattr(model.config, "id2label", None) or {}
+    cfg |= {"num_classes": int(model.config.num_labels), "label_names": [str(labels[i]) for i in sorted(labels)]}
+    return HFImageClassifier(model.float(), cfg).eval()
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -14,7 +14,7 @@ function being explained); hooks registered on the view go to the view only.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -59,23 +59,25 @@ def _clone(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     if id(module) in memo:  # a submodule shared by two parents stays shared in the view
         return memo[id(module)]
     new = object.__new__(type(module))  # no __init__: the state comes from the original
-    new.__dict__ = module.__dict__.copy()
+    memo[id(module)] = new
+    state = module.__dict__.copy()
     # ``model.compile()`` stores a compiled *bound* call of the original module: the view
     # would run the original (and none of the view's hooks). The view runs eagerly.
-    new.__dict__.pop("_compiled_call_impl", None)
-    memo[id(module)] = new
+    state.pop("_compiled_call_impl", None)
     # Containers that the copy would otherwise share with the user's module: each gets its
     # own dict holding the same tensors (parameters, buffers) or the same hook callables.
-    new._parameters = OrderedDict(module._parameters)
-    new._buffers = OrderedDict(module._buffers)
-    new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+    state["_parameters"] = OrderedDict(module._parameters)
+    state["_buffers"] = OrderedDict(module._buffers)
+    state["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
     for name in _HOOK_DICTS:
-        hooks = module.__dict__.get(name)
+        hooks = state.get(name)
         if hooks is not None:
-            new.__dict__[name] = OrderedDict(hooks)
-    new._modules = OrderedDict(
+            state[name] = OrderedDict(hooks)
+    state["_modules"] = OrderedDict(
         (name, _clone(child, memo) if child is not None else None) for name, child in module._modules.items()
     )
+    # Written past nn.Module.__setattr__, whose per-attribute checks were most of the cost.
+    object.__setattr__(new, "__dict__", state)
     return new
 
 
@@ -139,7 +141,8 @@ def _convert(view: nn.Module, dtype: torch.dtype) -> None:
         return done[id(t)]
 
     for module in view.modules():
-        for store in (module._parameters, module._buffers):
+        stores: tuple[dict[str, Any], ...] = (module._parameters, module._buffers)
+        for store in stores:
             for name, t in store.items():
                 if t is not None and t.is_floating_point() and t.dtype != dtype:
                     store[name] = convert(t)

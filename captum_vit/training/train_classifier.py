@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from captum_vit._cli_common import CLIError, output_dir, positive_int, wrote
 from captum_vit.data.splits import HELD_OUT_SEED, classifier_epoch_seed
+from captum_vit.hardware import add_hardware_arguments, check_hardware
 from captum_vit.training._common import add_register_arguments, check_register, command_line, registry_folder
 
 if TYPE_CHECKING:
@@ -96,16 +97,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--batch-size", type=positive_int, default=128)
     a("--held-out", type=positive_int, default=2_000, help=f"held-out images (seed {HELD_OUT_SEED}) for the accuracy")
     a("--seed", type=int, default=0, help="initialisation and shuffling seed")
-    a("--threads", type=positive_int, default=1, help="torch CPU threads (1 is fastest on a shared, busy CPU)")
-    a("--workers", type=int, default=0, help="DataLoader worker processes rendering images")
     a("--out", type=Path, default=Path("runs/train-models"), help="folder for the weights and their manifest.json")
     a("--no-progress", action="store_true")
+    # One thread is fastest on a shared, busy CPU; workers render images.
+    add_hardware_arguments(parser, amp=True, workers=0, threads=1)
     add_register_arguments(parser, "trained model (one --models only)")
 
 
 def check(args: argparse.Namespace) -> None:
     """Check the options before any training starts."""
     output_dir(args.out, "--out")
+    check_hardware(args)
     check_register(args)
     if args.register and len(args.models) != 1:
         raise CLIError(f"--register names one model; got --models {' '.join(args.models)}")
@@ -195,6 +197,7 @@ def train_one(name: str, args: argparse.Namespace, device: Any = None) -> tuple[
         num_workers=args.workers,
         drop_last=False,  # every rendered image is trained on, as the recorded runs
         progress=not args.no_progress,
+        amp=args.amp,
     )
     start = time.perf_counter()
     trainer.fit()
@@ -222,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
 
     check(args)
     torch.set_num_threads(args.threads)
-    ctx = init_distributed()
+    ctx = init_distributed(args.device)
     try:
         for name in args.models:
             model, record = train_one(name, args, ctx.device)

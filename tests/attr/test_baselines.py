@@ -80,6 +80,9 @@ def ref_gae(model: nn.Module, x: Tensor, target: int) -> Tensor:
         cam = (g * a).clamp(min=0).mean(0)
         r = r + cam @ r
     rows = readout_rows(model, n)
+    if model.global_pool == "avg":  # GAE eqs. 8-9: rows of R - I normalised, then + I
+        gained = r - torch.eye(n)
+        r = torch.stack([g / g.sum() if g.sum() != 0 else g for g in gained]) + torch.eye(n)
     return patch_part(model, sum(r[i] for i in rows) / len(rows))
 
 
@@ -190,7 +193,9 @@ def test_dynamic_img_size_any_input() -> None:
     assert out.shape == (2, 5, 7)
 
 
-def test_attention_pooling_rejected() -> None:
+def test_attention_pooling_reads_the_probe_row() -> None:
+    """``global_pool='map'``: rollout reads its joint matrix at the pooling head's probe
+    attention (mean over heads), recorded by hand here."""
     torch.manual_seed(0)
     m = timm.create_model(
         "vit_tiny_patch16_224",
@@ -204,8 +209,20 @@ def test_attention_pooling_rejected() -> None:
         global_pool="map",
         class_token=False,
     ).eval()
-    with pytest.raises(ValueError, match="attention pooling"):
-        AttentionRollout(m).attribute(torch.randn(1, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    pool = m.attn_pool
+    with torch.no_grad():
+        tokens = m.forward_features(x)  # the pool's input
+        q = pool.q(pool.latent.expand(2, -1, -1)).reshape(2, 1, pool.num_heads, -1).transpose(1, 2)
+        k = pool.kv(tokens).reshape(2, tokens.shape[1], 2, pool.num_heads, -1).permute(2, 0, 3, 1, 4)[0]
+        probe = torch.softmax((q * pool.scale) @ k.transpose(-2, -1), dim=-1)[:, :, 0].mean(1)  # (B, N)
+    got = AttentionRollout(m).attribute(x, return_patch_map=True)
+    for i in range(2):
+        _, attns, _ = manual_forward(m, x[i])
+        n = attns[0].shape[-1]
+        f = attns[0].mean(0) + torch.eye(n)
+        joint = f / f.sum(1, keepdim=True)
+        assert_close(got[i], (probe[i] @ joint).reshape(4, 4), "fp32_loose", f"example {i}")
 
 
 def test_full_size_timm_models_offline() -> None:

@@ -143,7 +143,10 @@ def reference(model: nn.Module, x: Tensor, target: int) -> dict[tuple[str, int],
     rows = [0, 1] if getattr(model, "dist_token", None) is not None else [0]
     rows = list(range(p, n)) if model.global_pool == "avg" else rows
 
-    def read(joint: Tensor) -> Tensor:
+    def read(joint: Tensor, residual: bool = False) -> Tensor:
+        if residual and model.global_pool == "avg":  # GAE eqs. 8-9 for a readout of patch rows
+            gained = joint - torch.eye(n, dtype=joint.dtype)
+            joint = torch.stack([g / g.sum() if g.sum() != 0 else g for g in gained]) + torch.eye(n, dtype=joint.dtype)
         return joint[rows].mean(0)[p:].reshape(hh, ww)
 
     grads = torch.autograd.grad(fw["logits"][0, target], [b["attn"] for b in blocks])
@@ -157,7 +160,7 @@ def reference(model: nn.Module, x: Tensor, target: int) -> dict[tuple[str, int],
             joint = eye
             for i in range(start, len(blocks)):
                 joint = (cams[i] + eye) @ joint
-            out[method, start] = read(joint)
+            out[method, start] = read(joint, residual=True)
     out["last_layer", 0] = read(cams[-1])
     return out
 

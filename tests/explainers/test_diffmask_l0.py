@@ -12,7 +12,9 @@ from captum_vit.models.vit import ViTAdapter
 from captum_vit.testing import assert_close, input_for, make_vit
 
 
-def _official_log_l0(model: torch.nn.Module, gates: DiffMaskGates, x: torch.Tensor, k: int, prefix: bool) -> torch.Tensor:
+def _official_log_l0(
+    model: torch.nn.Module, gates: DiffMaskGates, x: torch.Tensor, k: int, prefix: bool
+) -> torch.Tensor:
     """The L0 term written out as the official code computes it: every gate reads
     ``concat(h_0, h_i)`` where ``h_0`` is the patch embedding with the raw prefix tokens
     prepended; ``log P(gate != 0)`` is summed over states 0..k and averaged over positions."""

@@ -45,7 +45,7 @@ def test_export_cli_refuses_tensorrt_before_exporting(tmp_path: Path, capsys: py
         (["--model", "synthetic-resnet", "--precision", "int8"], "the CNN explainer of synthetic-resnet has none"),
         (["--method", "diffmask", "--explainer", "x"], "--explainer/--checkpoint are pLTX options"),
         (["--gates", "synthetic-vit-diffmask"], "--gates/--layer are DiffMask options"),
-        (["--model", "no-such-model"], "unknown pretrained model name 'no-such-model'"),
+        (["--model", "no-such-model"], "'no-such-model' is not a registered classifier"),
         (["--checkpoint", "/nonexistent/ckpt.pt"], "--checkpoint: no such file: /nonexistent/ckpt.pt"),
         (["--min-batch", "4", "--opt-batch", "2"], "must be in increasing order"),
         (["--max-batch", "0"], "argument --max-batch: expected a positive integer, got '0'"),
