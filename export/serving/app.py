@@ -178,6 +178,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def explain(request: Request) -> Response:
         start = time.perf_counter()
         name = "-"
+        state.metrics.in_flight.inc()
         try:
             response, name = await state.explain(request)
         except ServeError as e:
@@ -191,6 +192,8 @@ def create_app(config: ServeConfig) -> FastAPI:
             error = type(e).__name__
         else:
             error = None
+        finally:
+            state.metrics.in_flight.dec()
         seconds = time.perf_counter() - start
         state.metrics.requests.labels(model=name, code=str(response.status_code)).inc()
         if response.status_code == 200:

@@ -44,6 +44,7 @@ class Metrics:
             "captum_vit_inference_seconds", "onnxruntime call time", ["model"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("captum_vit_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
+        self.in_flight = Gauge("captum_vit_requests_in_flight", "Explain requests received, not yet answered", registry=r)
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest

@@ -38,14 +38,22 @@ def test_full_queue_answers_503_then_sigterm_finishes_the_requests_in_flight() -
                 np.testing.assert_allclose(np.array(r.json()["map"]), reference_map(path, pixels), atol=ATOL, rtol=0)
         assert srv.metric("captum_vit_errors_total", kind="queue_full") == codes.count(503)
 
-        done = srv.metric("captum_vit_batch_size_count", model="slow")
+        answered = srv.metric("captum_vit_requests_total", model="slow", code="200")
+
+        def received() -> float:  # requests in the server now, or answered since the flood
+            now = srv.metric("captum_vit_requests_total", model="slow", code="200") - answered
+            return srv.metric("captum_vit_requests_in_flight") + now
+
         images = [random_pixels(64, 64, 50 + i) for i in range(3)]
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             futures = [pool.submit(post, srv, png_bytes(im)) for im in images]
+            # Stop only once the server holds all three: on a loaded machine a request still being
+            # sent when SIGTERM lands would be refused, rightly, and the test would prove nothing.
             deadline = time.monotonic() + 60
-            while srv.metric("captum_vit_batch_size_count", model="slow") <= done and time.monotonic() < deadline:
+            while received() < 3 and time.monotonic() < deadline:
                 time.sleep(0.005)
-            srv.proc.send_signal(signal.SIGTERM)  # one request answered, two in flight
+            assert received() == 3, "the three requests never reached the server"
+            srv.proc.send_signal(signal.SIGTERM)
             responses = [f.result() for f in futures]
         assert srv.proc.wait(60) == 0, srv.log()
         for pixels, r in zip(images, responses):
