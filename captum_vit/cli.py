@@ -32,8 +32,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("captum_vit.export.cli", "export a trained explainer to ONNX (and a TensorRT engine)"),
     "serve": ("captum_vit.export.serve_cli", "serve exported explainers over HTTP with dynamic batching"),
     "train-models": ("captum_vit.training.train_classifier", "train the shipped synthetic-benchmark ViT and CNN"),
-    "train-diffmask": ("captum_vit.training.diffmask", "train Vision DiffMask gates for a shipped ViT"),
-    "pretrain-ltx": ("captum_vit.training.ltx_pretrain", "pretrain an LTX/EEA explainer (pLTX) for a shipped model"),
+    "train-diffmask": ("captum_vit.training.diffmask", "train Vision DiffMask gates for any ViT, on any dataset"),
+    "pretrain-ltx": ("captum_vit.training.ltx_pretrain", "pretrain an LTX/EEA explainer (pLTX) for any model, on any dataset"),
 }
 
 

@@ -46,7 +46,10 @@ pytestmark = pytest.mark.slow
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_mode) for p in folder.rglob("*")}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_mode)
+        for p in folder.rglob("*")
+    }
 
 
 @dataclass
@@ -60,13 +63,11 @@ class Installed:
     before: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def cli(self, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        t0 = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "captum_vit.cli", *argv],
             cwd=self.work, env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
         assert done.returncode == 0, f"captum-vit {' '.join(argv)}\n{done.stderr[-4000:]}"
-        print(f"TIMING {argv[0]} {time.perf_counter() - t0:.1f}s")
         return done
 
     def assert_untouched(self) -> None:

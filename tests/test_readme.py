@@ -36,6 +36,8 @@ SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
 SHRINK: tuple[tuple[str, str], ...] = (
     ("--num-images 256", "--num-images 4 --pairs 2"),
     ("make demo", "make demo DEMO_ARGS='--num-images 1 --num-eval 2 --repeats 1 --methods gae,rollout,pltx'"),
+    ("--epochs 30", "--steps 2 --batch-size 8 --val-size 8"),
+    ("--epochs 5", "--max-steps 2 --batch-size 8 --val-size 8 --held-out 8"),
 )
 #: Commands that are not run, by their text without the trailing comment, with the reason.
 SKIP: dict[str, str] = {

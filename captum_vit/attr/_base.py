@@ -231,6 +231,14 @@ class MapAttribution(GradientAttribution):
         self.output_fn = output_fn
         self._call = threading.local()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # per-thread call state is not part of the method (and a thread-local cannot be copied)
+        return {k: v for k, v in self.__dict__.items() if k != "_call"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._call = threading.local()
+
     @property
     def adapter(self) -> Adapter:
         """The model's adapter; inside ``attribute``, the adapter of this call's private view
@@ -279,7 +287,7 @@ class MapAttribution(GradientAttribution):
             adapter = self._adapter
         else:
             half = self.float32_view and self._adapter.dtype in HALF_DTYPES
-            adapter = type(self._adapter)(private_view(model, torch.float32 if half else None).eval())
+            adapter = type(self._adapter)(private_view(model, torch.float32 if half else None, training=False))
         self._call.adapter = adapter
         try:
             with torch.inference_mode(False), torch.enable_grad():

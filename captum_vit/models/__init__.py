@@ -3,6 +3,7 @@
 from captum_vit.models.hooks import (
     AttentionRecord,
     HiddenStates,
+    count_output_bytes,
     keep_patch_tokens,
     record_activations,
     record_attention,
@@ -10,6 +11,7 @@ from captum_vit.models.hooks import (
     replace_patch_embeddings,
 )
 from captum_vit.models.pretrained import list_pretrained, load_pretrained
+from captum_vit.models.view import private_view, unwrap_compiled
 from captum_vit.models.vit import SUPPORTED_VITS, Readout, ViTAdapter, is_vit, upsample_patch_map
 
 __all__ = [
@@ -18,13 +20,16 @@ __all__ = [
     "HiddenStates",
     "Readout",
     "ViTAdapter",
+    "count_output_bytes",
     "is_vit",
     "keep_patch_tokens",
     "list_pretrained",
     "load_pretrained",
+    "private_view",
     "record_activations",
     "record_attention",
     "record_hidden_states",
     "replace_patch_embeddings",
+    "unwrap_compiled",
     "upsample_patch_map",
 ]

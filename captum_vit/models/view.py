@@ -55,7 +55,7 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else model
 
 
-def _clone(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+def _clone(module: nn.Module, memo: dict[int, nn.Module], training: bool | None) -> nn.Module:
     if id(module) in memo:  # a submodule shared by two parents stays shared in the view
         return memo[id(module)]
     new = object.__new__(type(module))  # no __init__: the state comes from the original
@@ -64,6 +64,8 @@ def _clone(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     # ``model.compile()`` stores a compiled *bound* call of the original module: the view
     # would run the original (and none of the view's hooks). The view runs eagerly.
     state.pop("_compiled_call_impl", None)
+    if training is not None:
+        state["training"] = training
     # Containers that the copy would otherwise share with the user's module: each gets its
     # own dict holding the same tensors (parameters, buffers) or the same hook callables.
     state["_parameters"] = OrderedDict(module._parameters)
@@ -74,14 +76,14 @@ def _clone(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
         if hooks is not None:
             state[name] = OrderedDict(hooks)
     state["_modules"] = OrderedDict(
-        (name, _clone(child, memo) if child is not None else None) for name, child in module._modules.items()
+        (name, _clone(child, memo, training) if child is not None else None) for name, child in module._modules.items()
     )
     # Written past nn.Module.__setattr__, whose per-attribute checks were most of the cost.
     object.__setattr__(new, "__dict__", state)
     return new
 
 
-def private_view(model: M, dtype: torch.dtype | None = None) -> M:
+def private_view(model: M, dtype: torch.dtype | None = None, training: bool | None = None) -> M:
     """A structural copy of ``model`` that shares every parameter and buffer tensor.
 
     Building it costs one shallow copy per module (no tensor is copied). Setting flags
@@ -104,6 +106,9 @@ def private_view(model: M, dtype: torch.dtype | None = None) -> M:
         Give the view its own copies of the floating-point parameters and buffers whose dtype
         differs, converted to ``dtype`` (e.g. a float32 view of a half-precision model for
         relevance propagation); the user's tensors are not touched. Default: share them all.
+    training : bool, optional
+        The view's modules' training flag (``False``: what ``view.eval()`` gives, set while
+        copying); default: each module's own.
 
     Returns
     -------
@@ -114,7 +119,7 @@ def private_view(model: M, dtype: torch.dtype | None = None) -> M:
     --------
     >>> import torch
     >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU()).train()
-    >>> v = private_view(m).eval()
+    >>> v = private_view(m, training=False)
     >>> v[0].weight is m[0].weight, m.training, v.training
     (True, True, False)
     >>> _ = v[0].register_forward_hook(lambda *a: None)
@@ -124,7 +129,7 @@ def private_view(model: M, dtype: torch.dtype | None = None) -> M:
     >>> private_view(h, dtype=torch.float32).weight.dtype, h.weight.dtype
     (torch.float32, torch.float16)
     """
-    view = _clone(unwrap_compiled(model), {})
+    view = _clone(unwrap_compiled(model), {}, training)
     if dtype is not None:
         _convert(view, dtype)
     return view  # type: ignore[return-value]

@@ -67,11 +67,6 @@ class Readout:
     include_prefix: bool = False
     attention_pool: bool = False
 
-    @property
-    def single_row(self) -> bool:
-        """The classifier reads the final state of one token row (class-token pooling)."""
-        return self.rows is not None and len(self.rows) == 1
-
 
 class ViTAdapter:
     """Read a timm ViT's geometry and validate inputs against it.

@@ -101,18 +101,6 @@ def check_register(args: argparse.Namespace) -> None:
     output_dir(registry_folder(args), "--register")
 
 
-def registered_model(name: str, flag: str, kind: str = "classifier") -> Any:
-    """The registry entry of ``name`` (user registry or shipped), or a :class:`CLIError`."""
-    from captum_vit.models.registry import all_entries
-
-    entries = all_entries()
-    entry = entries.get(name)
-    if entry is None or entry.kind != kind:
-        known = sorted(n for n, e in entries.items() if e.kind == kind)
-        raise CLIError(f"{flag}: {name!r} is not a registered {kind}; known: {', '.join(known)}")
-    return entry
-
-
 def training_splits(
     args: argparse.Namespace, model: nn.Module, val_seed: int, default_train_size: int, held_out: int = 0
 ) -> tuple[Dataset, Dataset, Dataset | None]:

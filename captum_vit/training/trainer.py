@@ -139,11 +139,8 @@ class Trainer:
         Defaults to the device of the model's first parameter.
     collate_fn, num_workers :
         Passed to the ``DataLoader``.
-    pin_memory : bool, optional
-        Load batches into pinned memory (default: when ``device`` is CUDA).
-    amp : {"bf16", "fp16"}, optional
-        Mixed precision: ``loss_fn`` runs under ``torch.autocast`` with this dtype; ``"fp16"``
-        scales the loss (``torch.amp.GradScaler``) and needs CUDA.
+    pin_memory, amp :
+        Pinned-memory batches (default: on CUDA); mixed precision ``"bf16"``/``"fp16"`` (CUDA).
     drop_last : bool
         Drop each epoch's last, incomplete batch (default); ``False`` trains on it too, so an
         epoch is ``ceil(len(dataset) / batch_size)`` steps (per-process counts under DDP).

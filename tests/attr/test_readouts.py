@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from captum_vit.attr import EmptyMapWarning, GenericAttention, RawAttention, get_method
 from captum_vit.attr._vit_common import residual_normalized
-from captum_vit.testing import assert_close, input_for, make_vit
+from captum_vit.testing import assert_close, input_for, make_vit, options_for
 from tests.models.test_instrumentation import siglip_like
 
 
@@ -103,3 +103,13 @@ def test_average_pooled_gae_is_no_longer_flat() -> None:
     tiny = make_vit("avg")
     tiny_maps = GenericAttention(tiny).attribute(input_for(tiny, batch=3), target=[0, 1, 2], return_patch_map=True)
     assert (max_over_mean(tiny_maps) > 1.5).all(), max_over_mean(tiny_maps)
+
+
+def test_learned_explainers_on_an_attention_pooled_model() -> None:
+    """LTX finetuning used to fail on SigLIP: the explainer's copy of the pooling head, which
+    it never runs, had trainable parameters without a gradient."""
+    model = siglip_like()
+    x = input_for(model, batch=2)
+    for name in ("ltx", "pltx", "diffmask"):
+        maps = get_method(name)(model, **options_for(name, model)).attribute(x, target=[0, 2], return_patch_map=True)
+        assert maps.shape == (2, 4, 4) and torch.isfinite(maps).all(), name

@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 
 from captum_vit.data.synthetic import CLASS_NAMES, generate
 
-#: ``--model`` options of :func:`write_random_vit`'s model (timm's 6-block, 64-wide test ViT).
+
 def model_options(weights: Path, img_size: int = 64) -> list[str]:
+    """The ``--model`` options of :func:`write_random_vit`'s model (timm's 6-block, 64-wide test ViT)."""
     return ["--model", "timm:test_vit", "--weights", str(weights), "--num-classes", "5", "--img-size", str(img_size)]
 
 

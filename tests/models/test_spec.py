@@ -18,7 +18,8 @@ from captum_vit.data.datasets import pixel_transform
 from captum_vit.models.fingerprint import model_fingerprint
 from captum_vit.models.preprocess import model_logits, normalize_for
 from captum_vit.models.pretrained import build_architecture
-from captum_vit.models.spec import ModelSpec, add_model_arguments, hf_preprocessing, model_from_args, read_state_dict
+from captum_vit.models.spec import ModelSpec, add_model_arguments, model_from_args, read_state_dict
+from captum_vit.models.spec_hf import hf_preprocessing
 from captum_vit.testing import assert_close, make_cnn
 
 
