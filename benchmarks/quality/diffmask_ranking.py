@@ -26,17 +26,17 @@ from captum_vit.models import load_pretrained
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--num-images", type=int, default=64, help="leaderboard images to look at (default 64)")
     p.add_argument("--seed", type=int, default=BENCHMARK_SEED)
     args = p.parse_args(argv)
     model = load_pretrained("synthetic-vit")
-    data = generate(args.n, seed=args.seed, image_size=int(model.pretrained_cfg["input_size"][-1]))
+    data = generate(args.num_images, seed=args.seed, image_size=int(model.pretrained_cfg["input_size"][-1]))
     mean, std = model_normalization(model)
     x = (data.images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
     keep = VisionDiffMask(model).attribute(x, return_patch_map=True)  # (N, h, w)
     obj = F.adaptive_avg_pool2d(data.masks.float()[:, None], keep.shape[-2:])[:, 0] > 0.5
     keep, obj = keep.flatten(1), obj.flatten(1)
-    print(f"{args.n} images, {keep.shape[1]} patches each; object patches: {float(obj.float().mean()):.1%}")
+    print(f"{args.num_images} images, {keep.shape[1]} patches each; object patches: {float(obj.float().mean()):.1%}")
     print(f"mean expected keep: object {float(keep[obj].mean()):.2f}, background {float(keep[~obj].mean()):.2f}")
     order = keep.argsort(dim=1, descending=True)
     for k in (4, 8, 16):

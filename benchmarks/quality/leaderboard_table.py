@@ -14,10 +14,14 @@ from captum_vit.metrics.report import EvaluationResult
 
 RANDOM, ORACLE = "oracle:random", "oracle:gt"
 #: Metrics that get a "gap closed" column: the top-1 POS AUC of Chefer et al. (coarse: a
-#: per-image value moves in steps of 10) and the same curve scored by the label's probability.
-GAP_METRICS = ("pos_auc", "deletion_auc")
+#: per-image value moves in steps of 10), the same curve scored by the label's probability,
+#: and MUTEX's RISE deletion (probability, grey baseline, percent axis), whose random-to-oracle
+#: gap is about four times wider on this benchmark.
+GAP_METRICS = ("pos_auc", "deletion_auc", "rise_deletion")
 #: Columns of the main table (the full one has every metric).
-MAIN = ("pos_auc", "deletion_auc", "neg_auc", "insertion_auc", "miou", "class_sensitivity")
+MAIN = ("pos_auc", "deletion_auc", "rise_deletion", "neg_auc", "insertion_auc", "miou", "class_sensitivity")
+#: Metrics of the paired tests between adjacent rows.
+TESTED = ("pos_auc", "rise_deletion")
 SEG = ("correct", "labelled", "inter_bg", "inter_fg", "union_bg", "union_fg", "ap", "f1")
 
 
@@ -99,6 +103,13 @@ def ranking(rows: dict[str, dict[str, Any]], stats: dict[str, dict[str, Any]], m
     return out
 
 
+def _adjacent_p(rows: dict[str, dict[str, Any]], names: list[str], i: int, metric: str, resamples: int) -> float | None:
+    if i + 1 >= len(names):
+        return None
+    aligned = _aligned([rows[names[i]], rows[names[i + 1]]], metric)
+    return None if aligned is None else paired_difference(aligned[0], aligned[1], resamples).p_value
+
+
 def _cell(entry: dict[str, Any] | None, digits: int = 1) -> str:
     if entry is None:
         return ""
@@ -108,7 +119,7 @@ def _cell(entry: dict[str, Any] | None, digits: int = 1) -> str:
 def _mark(p: float | None) -> str:
     if p is None:
         return ""
-    return f"{'**>**' if p < 0.05 else '≈'} (p {p:.3f})" if p >= 0.001 else "**>** (p < 0.001)"
+    return f"{'**≠**' if p < 0.05 else '≈'} (p {p:.3f})" if p >= 0.001 else "**≠** (p < 0.001)"
 
 
 def _count(t: dict[str, Any]) -> str:
@@ -121,10 +132,13 @@ def to_markdown(board: dict[str, Any], commands: list[str], resamples: int) -> s
         "Every figure is the mean over images with its 95 % percentile bootstrap interval "
         f"({resamples} resamples of the images). *gap closed* = (random − method) / (random − oracle) on the",
         "same images: 1 is the ground-truth-mask oracle, 0 the seeded random map (`oracle:random`, uniform per pixel).",
-        "*vs next*: paired bootstrap test of the row against the next one on POS AUC: **>** significantly better",
-        "(p < 0.05), ≈ not distinguishable on these images. POS/NEG AUC follow Chefer et al. (black pixels, top-1",
+        "Rows are ordered by POS AUC. *vs next*: paired bootstrap test of the row against the next one, on POS AUC",
+        "and on RISE deletion: **≠** the two differ significantly (two-sided p < 0.05; the means give the",
+        "direction), ≈ they cannot be told apart on these images.",
+        "POS/NEG AUC follow Chefer et al. (black pixels, top-1",
         "hit against the label, ×100); deletion/insertion AUC are the same curves scored by the label's softmax",
-        "probability (LTX's), which do not move in steps of 10 per image. Maps explain the ground-truth class.",
+        "probability (LTX's), which do not move in steps of 10 per image; RISE deletion/insertion are MUTEX's",
+        "(grey baseline, percent axis, probability). Maps explain the ground-truth class.",
     ]
     for model_name, entry in board.items():
         rows = entry["per_image"]
@@ -140,14 +154,19 @@ def to_markdown(board: dict[str, Any], commands: list[str], resamples: int) -> s
             "n",
             "gap closed (POS)",
             "gap closed (deletion)",
+            "gap closed (RISE del.)",
             *(f"{c} {'↑' if METRICS[c] else '↓'}" for c in MAIN),
         ]
-        lines += ["| " + " | ".join([*head, "vs next (POS)"]) + " |", "|" + "---|" * (len(head) + 1)]
+        tests = [f"vs next ({'POS' if m == 'pos_auc' else 'RISE del.'})" for m in TESTED]
+        lines += ["| " + " | ".join([*head, *tests]) + " |", "|" + "---|" * (len(head) + len(tests))]
         order = ranking(rows, stats, "pos_auc", resamples)
-        for name, p in [*order, *((n, None) for n in rows if n.startswith("oracle"))]:
+        names = [n for n, _ in order]
+        marks = {n: [_mark(_adjacent_p(rows, names, i, m, resamples)) for m in TESTED] for i, n in enumerate(names)}
+        for name in [*names, *(n for n in rows if n.startswith("oracle"))]:
             t = stats[name]
             cells = [_cell(t.get(f"gap_{m}"), 2) for m in GAP_METRICS] + [_cell(t.get(c)) for c in MAIN]
-            lines.append(f"| {name} | {_count(t)} | " + " | ".join(cells) + f" | {_mark(p)} |")
+            cells += marks.get(name, [""] * len(TESTED))
+            lines.append(f"| {name} | {_count(t)} | " + " | ".join(cells) + " |")
         cols = [m for m in METRICS if m not in MAIN and any(m in t for t in stats.values())]
         if cols:
             lines += ["", "Other metrics (mean [95 % interval]) and run time:", ""]

@@ -20,9 +20,12 @@ class Attentions:
     """What one forward (and backward) pass recorded, detached.
 
     ``attn`` ``(L, B, heads, N, N)``: every block's attention; ``grad``: its gradient with
-    respect to the target score (gradient methods only). For an attention-pooled model
-    (``global_pool='map'``), ``pool`` ``(B, heads, N)``: the pooling head's probe attention,
-    and ``pool_grad`` its gradient; ``None`` otherwise.
+    respect to the target score (gradient methods only). ``pool`` ``(B, heads, N)``: the
+    weights with which the classifier pools the final tokens, and ``pool_grad`` the target
+    score's gradient with respect to them: an attention-pooled model's probe attention
+    (``global_pool='map'``), or, for average pooling with gradients, the uniform weights
+    (one "head"; ``∂y/∂a_j = n ⟨∂y/∂t_j, t_j⟩`` for the ``n`` pooled tokens ``t_j``);
+    ``None`` for token readouts.
     """
 
     attn: Tensor
@@ -81,26 +84,39 @@ class AttentionAttribution(MapAttribution):
             dt = accumulation_dtype(attn.dtype)
             pool = rec.pool[:, :, 0].to(dt) if rec.pool is not None else None
             return Attentions(attn.to(dt), pool=pool)
-        with record_attention(self.vit) as rec:
+        ro = self.vit.readout
+        average = ro.rows is None and not ro.attention_pool
+        with record_attention(self.vit, tokens=average) as rec:
             logits = self._forward(x.requires_grad_(True), forward_args)
             score, _ = self._target_score(logits, target)
-            atts = [a for a in rec.attentions if a is not None] + ([rec.pool] if rec.pool is not None else [])
-            grads = torch.autograd.grad(score, atts, allow_unused=True)
-        grads = tuple(g if g is not None else torch.zeros_like(a) for a, g in zip(atts, grads))
+            atts = [a for a in rec.attentions if a is not None]
+            pooled: list[Tensor] = []  # what the pooling weights multiply: probe attention or tokens
+            if rec.pool is not None:
+                pooled = [rec.pool]  # (B, heads, 1, N): sliced after the gradient is taken
+            elif average and rec.tokens is not None:
+                pooled = [rec.tokens]
+            grads = torch.autograd.grad(score, atts + pooled, allow_unused=True)
+        grads = tuple(g if g is not None else torch.zeros_like(a) for a, g in zip(atts + pooled, grads))
         # Relevance and rollout products accumulate in float32 whatever the model's dtype.
         dt = accumulation_dtype(atts[0].dtype)
         n = self.vit.num_blocks
-        attn, grad = torch.stack([a.detach() for a in atts[:n]]).to(dt), torch.stack(grads[:n]).to(dt)
-        if rec.pool is None:
+        attn, grad = torch.stack([a.detach() for a in atts]).to(dt), torch.stack(grads[:n]).to(dt)
+        if not pooled:
             return Attentions(attn, grad)
-        return Attentions(attn, grad, atts[n].detach()[:, :, 0].to(dt), grads[n][:, :, 0].to(dt))
+        if not average:
+            return Attentions(attn, grad, pooled[0].detach()[:, :, 0].to(dt), grads[n][:, :, 0].to(dt))
+        weights = self._row_weights(attn[0, :, 0], None)  # (B, N): 1/n on the pooled tokens
+        tokens, tokens_grad = pooled[0].detach().to(dt), grads[n].to(dt)
+        # y depends on a_j through p = Σ a_j t_j: ∂y/∂a_j = <∂y/∂p, t_j> = <∂y/∂t_j, t_j> / a_j
+        grad_a = torch.where(weights > 0, (tokens_grad * tokens).sum(-1) / weights.clamp_min(1e-30), 0.0)
+        return Attentions(attn, grad, weights[:, None], grad_a[:, None])
 
     def _read_rows(
         self, matrix: Tensor, image_size: tuple[int, int], pool_row: Tensor | None = None, residual: bool = False
     ) -> Tensor:
         """``(B, N, N)`` token relevance → ``(B, h, w)``: the classifier's readout row(s)
-        (class token, class+distillation mean, patch-token mean, or the attention pool's
-        ``pool_row`` ``(B, N)``), patch columns, in float32 (or float64).
+        (class token, class+distillation mean, patch-token mean, or the method's ``pool_row``
+        ``(B, N)`` for a pooled model), patch columns, in float32 (or float64).
 
         ``residual``: ``matrix`` is an unnormalised ``I + ...`` relevance (GAE, Transformer
         Attribution); average and attention pooling, which read patch rows, then read
@@ -116,10 +132,11 @@ class AttentionAttribution(MapAttribution):
 
     def _row_weights(self, like: Tensor, pool_row: Tensor | None) -> Tensor:
         """``(B, N)`` weights of the token rows the classifier reads, for a ``(B, ..., N)``
-        tensor ``like`` (an attention-pooled model's are its ``pool_row``)."""
-        if self.vit.readout.attention_pool:
-            if pool_row is None:
-                raise ValueError("an attention-pooled model's map needs the pool's probe attention row")
+        tensor ``like``: ``pool_row`` when the method weighs the pooling itself (required for
+        an attention-pooled model), else the readout's fixed weights."""
+        if pool_row is not None:
             return pool_row.to(like.dtype)
+        if self.vit.readout.attention_pool:
+            raise ValueError("an attention-pooled model's map needs the pool's probe attention row")
         w = self.vit.readout_weights(like.shape[-1], like.device).to(like.dtype)
         return w.expand(like.shape[0], -1)

@@ -131,9 +131,9 @@ class TransformerAttribution(AttentionAttribution):
             logits = self._forward(x.requires_grad_(needs_grad), forward_args)
             score, idx = self._target_score(logits, target)
             blocks = trace.blocks()
-            grads = (
-                torch.autograd.grad(score, [b.attention for b in blocks[self.start_layer :]]) if needs_grad else None
-            )
+            average = self.vit.readout.rows is None
+            wrt = [b.attention for b in blocks[self.start_layer :]] + ([trace.tokens_in_graph] if average else [])
+            grads = list(torch.autograd.grad(score, wrt)) if needs_grad else None
         stop = {"transformer_attribution": self.start_layer, "rollout": self.start_layer, "last_layer": -1}
         rel = propagate(
             trace, idx, self.alpha, stop_at=stop.get(self.method, 0) % len(blocks), to_pixels=self.method == "full"
@@ -143,8 +143,9 @@ class TransformerAttribution(AttentionAttribution):
             return rel.pixels.sum(dim=1)[..., : x.shape[-2], : x.shape[-1]]
         size = (x.shape[-2], x.shape[-1])
         r_attn = [r for r in rel.attention if r is not None]
+        pool_row = self._pool_row(trace.tokens, rel.tokens, grads.pop() if grads and average else None)
         if self.method == "last_layer":
-            return self._read_rows(fuse_heads(r_attn[-1].clamp(min=0)), size)
+            return self._read_rows(fuse_heads(r_attn[-1].clamp(min=0)), size, pool_row)
         if grads is not None:  # eq. 13 before the head mean: (∇A ⊙ R(A))⁺ per head
             cams = [(g.to(r.dtype) * r).clamp(min=0) for g, r in zip(grads, r_attn)]
         else:
@@ -153,4 +154,18 @@ class TransformerAttribution(AttentionAttribution):
         joint = attention_rollout(
             torch.stack(cams), head_fusion="mean", impl=self.impl, row_normalize=self.normalize_rows
         )
-        return self._read_rows(joint, size, residual=not self.normalize_rows)
+        return self._read_rows(joint, size, pool_row, residual=not self.normalize_rows)
+
+    def _pool_row(self, tokens: Tensor, relevance: Tensor, tokens_grad: Tensor | None) -> Tensor | None:
+        """Average pooling is an attention with weights ``a_j = 1/n`` over the pooled tokens;
+        its row is weighed like every attention here: ``(∇a ⊙ R(a))⁺`` (eq. 13), or ``R(a)⁺``
+        for the LRP-only read-outs, with ``R(a_j)`` the LRP relevance of token ``j`` at the pool
+        and ``∂y/∂a_j = <∂y/∂t_j, t_j> / a_j``. ``None`` for token readouts."""
+        if self.vit.readout.rows is not None:
+            return None
+        weights = self.vit.readout_weights(tokens.shape[1], tokens.device).to(relevance.dtype)
+        rel_a = relevance.sum(-1)  # (B, N): zero outside the pooled tokens
+        if tokens_grad is None:
+            return rel_a.clamp(min=0)
+        grad_a = (tokens_grad.to(relevance.dtype) * tokens.to(relevance.dtype)).sum(-1) / weights.clamp_min(1e-30)
+        return (grad_a * rel_a).clamp(min=0)

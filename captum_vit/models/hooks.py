@@ -35,12 +35,14 @@ AttentionOverride = Callable[[Tensor], Tensor]
 @dataclass
 class AttentionRecord:
     """Per-block post-softmax attention probabilities ``(B, heads, N, N)`` (``None`` until a
-    forward pass reaches the block), and for an attention-pooled model (``global_pool='map'``)
-    the pooling head's probe attention ``pool`` ``(B, heads, 1, N)``. Gradients are taken by the
+    forward pass reaches the block), for an attention-pooled model (``global_pool='map'``) the
+    pooling head's probe attention ``pool`` ``(B, heads, 1, N)``, and with ``tokens=True`` the
+    final token states the pooling reads, ``tokens`` ``(B, N, D)``. Gradients are taken by the
     caller with ``torch.autograd.grad`` on these tensors, so nothing accumulates into ``.grad``."""
 
     attentions: list[Tensor | None] = field(default_factory=list)
     pool: Tensor | None = None
+    tokens: Tensor | None = None
 
     def stacked(self) -> Tensor:
         """Attentions as one ``(L, B, heads, N, N)`` tensor."""
@@ -66,6 +68,7 @@ def record_attention(
     model: nn.Module | ViTAdapter,
     override: dict[int, AttentionOverride] | None = None,
     detach: bool = False,
+    tokens: bool = False,
 ) -> Iterator[AttentionRecord]:
     """Record every block's attention probabilities (and an attention pool's probe attention).
 
@@ -80,6 +83,8 @@ def record_attention(
         (IIA, docs/methods.md §5.2).
     detach : bool
         Store detached attentions (saves memory when no gradient is needed).
+    tokens : bool
+        Also record the final token states the pooling reads (:attr:`ViTAdapter.pool_input`).
 
     Yields
     ------
@@ -117,12 +122,17 @@ def record_attention(
     def on_pool(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
         record.pool = out.detach() if detach else out
 
+    def on_tokens(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
+        record.tokens = out.detach() if detach else out
+
     with adapter.explicit_attention(), removing_hooks() as handles:
         for i, probe in enumerate(adapter.attention_probes):
             handles.append(probe.register_forward_hook(make_hook(i)))
         pool_probe = adapter.pool_attention_probe()
         if pool_probe is not None:
             handles.append(pool_probe.register_forward_hook(on_pool))
+        if tokens:
+            handles.append(adapter.pool_input.register_forward_hook(on_tokens))
         yield record
 
 

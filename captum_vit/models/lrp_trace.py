@@ -132,7 +132,12 @@ class LRPTrace:
 
     @property
     def tokens(self) -> Tensor:
-        """The final-norm output ``(B, N, D)`` the classifier pools from."""
+        """The final-norm output ``(B, N, D)`` the classifier pools from (detached)."""
+        return self._get(self.raw, "tokens").detach()
+
+    @property
+    def tokens_in_graph(self) -> Tensor:
+        """:attr:`tokens` in the autograd graph (for the gradient with respect to them)."""
         return self._get(self.raw, "tokens")
 
     def heads(self) -> list[HeadTrace]:
@@ -277,7 +282,7 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
             ]
         r = trace.raw
         hs += [
-            m.norm.register_forward_hook(put(r, "tokens")),
+            m.norm.register_forward_hook(put(r, "tokens", keep_graph=True)),
             m.head.register_forward_pre_hook(put(r, "head_in")),
             m.head.register_forward_hook(put(r, "head")),
             m.patch_embed.proj.register_forward_pre_hook(put(r, "image")),

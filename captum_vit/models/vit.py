@@ -226,6 +226,12 @@ class ViTAdapter:
         return getattr(self.model, "attn_pool", None)
 
     @property
+    def pool_input(self) -> nn.Module:
+        """The module whose output ``(B, N, D)`` is the token states the pooling (and the class
+        token's head) reads: timm's final norm."""
+        return self.model.norm  # type: ignore[return-value]
+
+    @property
     def attention_probes(self) -> list[nn.Module]:
         """Per block, the module whose output is the block's post-softmax attention
         probabilities ``(B, heads, N, N)`` inside :meth:`explicit_attention` (timm: the

@@ -88,7 +88,8 @@ def pretrain_ltx(
     mask_weight, mask_loss :
         λ (default :func:`~captum_vit.explainers.default_mask_weight`) and the mask loss.
     target : str
-        ``"label"`` (explain the ground truth, the papers' "target" runs) or ``"predicted"``.
+        ``"label"`` (explain the ground truth, the papers' "target" runs) or ``"predicted"``;
+        validation scores the same class (the explainee's prediction for ``"predicted"``).
     checkpoint_dir, checkpoint_every, validate_every, seed, resume, progress, device, num_workers, amp :
         As :class:`~captum_vit.training.trainer.Trainer`.
 
@@ -119,7 +120,7 @@ def pretrain_ltx(
 
     from captum_vit.explainers.ltx_network import build_explainer
     from captum_vit.explainers.ltx_objective import LTXObjective, default_mask_weight
-    from captum_vit.models.preprocess import model_normalization
+    from captum_vit.models.preprocess import model_logits, model_normalization
     from captum_vit.training.checkpoint import load_checkpoint
     from captum_vit.training.schedules import linear_warmup_decay
     from captum_vit.training.trainer import Trainer
@@ -142,7 +143,13 @@ def pretrain_ltx(
     validate = None
     if val_set is not None:
         val_images = torch.stack([val_set[i][0] for i in range(len(val_set))])  # type: ignore[arg-type]
-        val_labels = torch.stack([torch.as_tensor(val_set[i][1]) for i in range(len(val_set))])  # type: ignore[arg-type]
+        if target == "label":
+            val_labels = torch.stack([torch.as_tensor(val_set[i][1]) for i in range(len(val_set))])  # type: ignore[arg-type]
+        else:  # validated on the class it learns to explain (unlabelled datasets have none other)
+            with torch.no_grad():
+                val_labels = torch.cat(
+                    [model_logits(frozen(objective.normalise(v.to(dev)))).argmax(1).cpu() for v in val_images.split(64)]
+                )
 
         def validate(model: nn.Module, step: int) -> float:
             return validation_pos_auc(model, objective, val_images.to(dev), val_labels.to(dev))

@@ -15,9 +15,12 @@ from captum_vit.attr import AttentionGradCAM, AttentionRollout, GenericAttention
 from captum_vit.testing import assert_close, input_for, make_vit
 
 
-def manual_forward(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
+def manual_forward(
+    model: nn.Module, x: Tensor, keep: dict[str, Tensor] | None = None
+) -> tuple[Tensor, list[Tensor], Tensor]:
     """Logits, per-block attention probabilities (heads, N, N) and the last block's norm1
-    output (1, N, D), for ONE image, computed without timm's fused attention or any hooks."""
+    output (1, N, D), for ONE image, computed without timm's fused attention or any hooks;
+    ``keep["tokens"]`` receives the final token states (1, N, D) the head pools."""
     t = model.patch_embed(x[None])
     t = model.norm_pre(model.patch_drop(model._pos_embed(t)))
     attns = []
@@ -34,7 +37,10 @@ def manual_forward(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor], T
         o = (p @ v).transpose(0, 1).reshape(1, n, d)
         t = t + blk.ls1(a.proj(o))
         t = t + blk.ls2(blk.mlp(blk.norm2(t)))
-    logits = model.forward_head(model.norm(t))
+    tokens = model.norm(t)
+    if keep is not None:
+        keep["tokens"] = tokens
+    logits = model.forward_head(tokens)
     return logits[0], attns, norm1_last
 
 
@@ -72,17 +78,23 @@ def ref_rollout(model: nn.Module, x: Tensor, start: int = 0) -> Tensor:
 
 
 def ref_gae(model: nn.Module, x: Tensor, target: int) -> Tensor:
-    logits, attns, _ = manual_forward(model, x)
-    grads = torch.autograd.grad(logits[target], attns)
+    keep: dict[str, Tensor] = {}
+    logits, attns, _ = manual_forward(model, x, keep)
+    grads = torch.autograd.grad(logits[target], [*attns, keep["tokens"]])
     n = attns[0].shape[-1]
     r = torch.eye(n)
-    for a, g in zip(attns, grads):
+    for a, g in zip(attns, grads[:-1]):
         cam = (g * a).clamp(min=0).mean(0)
         r = r + cam @ r
     rows = readout_rows(model, n)
-    if model.global_pool == "avg":  # GAE eqs. 8-9: rows of R - I normalised, then + I
+    if model.global_pool == "avg":
+        # The pooling is an attention with weights a_j = 1/n: rule 5 on it, (dy/da_j * a_j)^+ =
+        # <dy/dt_j, t_j>^+, read with eqs. 8-9 (rows of R - I normalised, then + I).
         gained = r - torch.eye(n)
         r = torch.stack([g / g.sum() if g.sum() != 0 else g for g in gained]) + torch.eye(n)
+        t, g = keep["tokens"][0].detach(), grads[-1][0]
+        row = torch.stack([(g[i] * t[i]).sum().clamp(min=0) for i in rows])
+        return patch_part(model, row @ r[rows])
     return patch_part(model, sum(r[i] for i in rows) / len(rows))
 
 

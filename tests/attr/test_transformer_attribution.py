@@ -143,13 +143,22 @@ def reference(model: nn.Module, x: Tensor, target: int) -> dict[tuple[str, int],
     rows = [0, 1] if getattr(model, "dist_token", None) is not None else [0]
     rows = list(range(p, n)) if model.global_pool == "avg" else rows
 
-    def read(joint: Tensor, residual: bool = False) -> Tensor:
-        if residual and model.global_pool == "avg":  # GAE eqs. 8-9 for a readout of patch rows
+    grads = torch.autograd.grad(fw["logits"][0, target], [b["attn"] for b in blocks] + [fw["tok"]])
+    # Average pooling: an attention with weights 1/n whose row is weighed like the blocks'
+    # attentions, (grad_a * R(a))^+ (or R(a)^+), with R(a_j) token j's relevance at the pool and
+    # dy/da_j = <dy/dt_j, t_j> * n.
+    rel_a = r_tok[0].sum(-1)
+    grad_a = (grads[-1][0] * fw["tok"][0].detach()).sum(-1) * (n - p)
+
+    def read(joint: Tensor, residual: bool = False, weighted: bool = True) -> Tensor:
+        if model.global_pool != "avg":
+            return joint[rows].mean(0)[p:].reshape(hh, ww)
+        if residual:  # GAE eqs. 8-9 for a readout of patch rows
             gained = joint - torch.eye(n, dtype=joint.dtype)
             joint = torch.stack([g / g.sum() if g.sum() != 0 else g for g in gained]) + torch.eye(n, dtype=joint.dtype)
-        return joint[rows].mean(0)[p:].reshape(hh, ww)
+        row = (grad_a * rel_a if weighted else rel_a).clamp(min=0)
+        return (row @ joint)[p:].reshape(hh, ww)
 
-    grads = torch.autograd.grad(fw["logits"][0, target], [b["attn"] for b in blocks])
     eye = torch.eye(n, dtype=torch.float64)
     for method in ("transformer_attribution", "rollout"):
         if method == "transformer_attribution":
@@ -160,8 +169,8 @@ def reference(model: nn.Module, x: Tensor, target: int) -> dict[tuple[str, int],
             joint = eye
             for i in range(start, len(blocks)):
                 joint = (cams[i] + eye) @ joint
-            out[method, start] = read(joint, residual=True)
-    out["last_layer", 0] = read(cams[-1])
+            out[method, start] = read(joint, residual=True, weighted=method == "transformer_attribution")
+    out["last_layer", 0] = read(cams[-1], weighted=False)
     return out
 
 
