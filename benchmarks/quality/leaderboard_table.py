@@ -113,7 +113,8 @@ def _adjacent_p(rows: dict[str, dict[str, Any]], names: list[str], i: int, metri
 def _cell(entry: dict[str, Any] | None, digits: int = 1) -> str:
     if entry is None:
         return ""
-    return f"{entry['mean']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
+    m, lo, hi = (round(float(entry[k]), digits) + 0.0 for k in ("mean", "low", "high"))  # + 0.0: no "-0.00"
+    return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def _mark(p: float | None) -> str:

@@ -57,7 +57,7 @@ def _old_loop(name: str, train_size: int, batch_size: int, epochs: int, seed: in
 def test_trainer_path_has_the_recipes_arithmetic(name: str) -> None:
     args = argparse.Namespace(
         models=[name], train_size=20, epochs=2, batch_size=8, held_out=8, seed=3, threads=1, workers=0,
-        out=Path("unused"), no_progress=True, register=None, ship=False,
+        out=Path("unused"), no_progress=True, register=None, ship=False, amp=None,
     )  # fmt: skip
     model, record = train_one(name, args)
     reference = _old_loop(name, 20, 8, 2, seed=3)
