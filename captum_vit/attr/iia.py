@@ -254,13 +254,10 @@ class IIA(AttentionAttribution):
         else:
             self._check_readout()
             steps, row_fn = self.n_steps, self._vit_rows
-        pool_row = None
-        if not isinstance(self.adapter, CNNAdapter) and self.vit.readout.attention_pool:
-            pool = self._attentions(x, None, forward_args, gradients=False).pool
-            assert pool is not None
-            pool_row = pool.mean(dim=1)
-        with torch.no_grad():  # None: the prediction on the real input, not on the baseline (§5.6 issue 3)
-            target = resolve_targets(target, self._forward(x, forward_args))
+        if target is None or self.output_fn is not None:  # targets were checked against no class count
+            with torch.no_grad():  # None: the prediction on the real input, not on the baseline (§5.6 issue 3)
+                target = resolve_targets(target, self._forward(x, forward_args))
+        target = target.to(x.device)
         points = path_points(steps).to(x)
         batch, n_points = x.shape[0], points.shape[0]
         ex = torch.arange(batch, device=x.device).repeat_interleave(n_points)  # example-major rows
@@ -282,11 +279,18 @@ class IIA(AttentionAttribution):
         mean = (total / n_points).to(accumulation_dtype(x.dtype))
         if isinstance(self.adapter, CNNAdapter):
             return mean
-        joint = attention_rollout(mean.transpose(0, 1).unsqueeze(2))  # gradient rollout (§5.2)
+        h, w = self.vit.grid_size((x.shape[-2], x.shape[-1]))
+        n, blocks = self.vit.num_prefix_tokens + h * w, self.vit.num_blocks
+        cams = mean[:, : blocks * n * n].reshape(batch, blocks, n, n)
+        pool_row = mean[:, blocks * n * n :] if mean.shape[1] > blocks * n * n else None
+        joint = attention_rollout(cams.transpose(0, 1).unsqueeze(2))  # gradient rollout (§5.2)
         return self._read_rows(joint, (x.shape[-2], x.shape[-1]), pool_row)
 
     def _vit_rows(self, xs: Tensor, scales: Tensor, target: Tensor, forward_args: tuple[Any, ...]) -> Tensor:
-        """``(R, L, N, N)``: head-mean of ``(dy/dA_l * A_l)^+`` for every block at each row."""
+        """``(R, L*N*N [+ N])``: head-mean of ``(dy/dA_l * A_l)^+`` for every block at each row,
+        flattened; for average or attention pooling followed by the pool's integrand, the same
+        term for the pooling weights ``a``: ``(dy/da * a)^+`` (head-mean of the probe attention's;
+        ``<dy/dt_j, t_j>^+`` for the uniform weights over the pooled tokens ``t_j``)."""
 
         def scaled(col: Tensor) -> Callable[[Tensor], Tensor]:
             # The substituted attention is a leaf: the inner levels' variables are
@@ -294,16 +298,28 @@ class IIA(AttentionAttribution):
             return lambda a: (col.to(a.dtype).reshape(-1, 1, 1, 1) * a.detach()).requires_grad_(True)
 
         overrides = {blk: scaled(scales[:, k]) for k, blk in enumerate(self.blocks)}
-        with record_attention(self.vit, override=overrides) as rec:
+        ro = self.vit.readout
+        average = ro.rows is None and not ro.attention_pool
+        with record_attention(self.vit, override=overrides, tokens=average) as rec:
             logits = self._forward(xs.requires_grad_(True), forward_args)
             score = logits.gather(1, target[:, None]).sum()
             atts = [a for a in rec.attentions if a is not None]
-            grads = torch.autograd.grad(score, atts, allow_unused=True)
+            pooled = [t for t in (rec.pool, rec.tokens) if t is not None]
+            grads = torch.autograd.grad(score, atts + pooled, allow_unused=True)
         cams = [
             fuse_heads((g * a.detach()).clamp(min=0)) if g is not None else a.new_zeros(a[:, 0].shape)
             for a, g in zip(atts, grads)
         ]
-        return torch.stack(cams, dim=1)
+        out = torch.stack(cams, dim=1).flatten(1)
+        if not pooled:
+            return out
+        p, g = pooled[0].detach(), grads[-1] if grads[-1] is not None else torch.zeros_like(pooled[0])
+        if rec.pool is not None:  # (R, heads, 1, N)
+            row = (g * p).clamp(min=0).mean(dim=1)[:, 0]
+        else:  # uniform weights a_j = 1/n: (dy/da_j) a_j = <dy/dt_j, t_j> on the pooled tokens
+            pooled_tokens = self.vit.readout_weights(p.shape[1], p.device) > 0
+            row = torch.where(pooled_tokens, (g * p).sum(-1), 0.0).clamp(min=0)
+        return torch.cat([out, row.to(out.dtype)], dim=1)
 
     def _cnn_rows(self, xs: Tensor, scales: Tensor, target: Tensor, forward_args: tuple[Any, ...]) -> Tensor:
         """``(R, h, w)``: the channel sum of the integrand at each row."""

@@ -24,16 +24,19 @@ def _levels(n: int) -> list[float]:
     return [k / n for k in range(n + 1)] if n > 0 else [1.0]
 
 
-def _rollout_row(model: nn.Module, cams: list[Tensor], image_size: tuple[int, int]) -> Tensor:
-    """Gradient rollout of per-block ``(N, N)`` maps, read at the classifier's row(s): ``(h, w)``."""
+def _rollout_row(
+    model: nn.Module, cams: list[Tensor], image_size: tuple[int, int], pool_row: Tensor | None = None
+) -> Tensor:
+    """Gradient rollout of per-block ``(N, N)`` maps, read at the classifier's row(s) (or at
+    ``pool_row`` for average pooling): ``(h, w)``."""
     n = cams[0].shape[-1]
     joint = torch.eye(n, dtype=torch.float64)
     for c in cams:
         a = c.double() + torch.eye(n, dtype=torch.float64)
         joint = (a / a.sum(-1, keepdim=True)) @ joint
     ad = ViTAdapter(model)
-    row = ad.readout_weights(n, torch.device("cpu")).double() @ joint
-    return ad.patch_columns(row[None], image_size)[0]
+    weights = ad.readout_weights(n, torch.device("cpu")).double() if pool_row is None else pool_row.double()
+    return ad.patch_columns((weights @ joint)[None], image_size)[0]
 
 
 def _constant(t: Tensor) -> Callable[[Tensor], Tensor]:
@@ -47,18 +50,24 @@ def reference_vit(model: nn.Module, x: Tensor, target: int, steps: tuple[int, ..
     n_blocks = len(model.blocks)
     blocks = tuple(sorted(b % n_blocks for b in blocks))
     sums: list[Tensor] = [torch.zeros(()) for _ in range(n_blocks)]
+    average = getattr(model, "global_pool", "token") == "avg"
+    pool_sum = torch.zeros(())  # average pooling: the pool's integrand <dy/dt_j, t_j>^+
     count = 0
 
     def inner(xa: Tensor, level: int, fixed: dict[int, Tensor]) -> None:
-        nonlocal count
+        nonlocal count, pool_sum
         overrides = {b: _constant(t) for b, t in fixed.items()}
         if level == len(blocks):  # innermost: one gradient pass
-            with record_attention(model, override=overrides) as rec:
+            with record_attention(model, override=overrides, tokens=average) as rec:
                 logits = model(xa.clone().requires_grad_(True))
                 atts = list(rec.attentions)
-                grads = torch.autograd.grad(logits[0, target], atts)
+                grads = torch.autograd.grad(logits[0, target], atts + ([rec.tokens] if average else []))
             for i, (a, g) in enumerate(zip(atts, grads)):
                 sums[i] = sums[i] + (g * a).clamp(min=0).mean(dim=1)[0].detach()
+            if average:
+                t, g = rec.tokens[0].detach(), grads[-1][0]
+                p = model.num_prefix_tokens
+                pool_sum = pool_sum + torch.cat([torch.zeros(p), (g[p:] * t[p:]).sum(-1).clamp(min=0)])
             count += 1
             return
         with torch.no_grad(), record_attention(model, override=overrides, detach=True) as rec:
@@ -69,7 +78,8 @@ def reference_vit(model: nn.Module, x: Tensor, target: int, steps: tuple[int, ..
 
     for a in _levels(steps[0]):
         inner((baseline + a * (x - baseline))[None], 0, {})
-    return _rollout_row(model, [s / count for s in sums], tuple(x.shape[-2:]))
+    pool_row = pool_sum / count if average else None
+    return _rollout_row(model, [s / count for s in sums], tuple(x.shape[-2:]), pool_row)
 
 
 def _resnet_split(model: nn.Module, stage: int) -> tuple[nn.Module, nn.Module]:
