@@ -18,13 +18,15 @@ class GenericAttention(AttentionAttribution):
     """GAE: per block ``Ā = mean_heads((∇A ⊙ A)^+)`` (rule 5) and ``R ← R + Ā R`` starting
     from ``R = I`` (rule 6); the map is the classifier's row of ``R`` over the patches.
 
-    Pooling without a class token reads many rows of ``R``, each carrying a unit of
-    self-relevance ``I`` that says nothing about the class (it made average-pooled maps
-    near-uniform): there the rows are read from ``R̄ = norm_rows(R − I) + I``, the paper's
-    eqs. (8)-(9), as the official code does where a query reads a self-attention relevance.
-    Average pooling reads the mean of the patch rows of ``R̄``; attention pooling
-    (``global_pool='map'``) reads them weighted by rule 5 applied to the pooling head's probe
-    attention, ``mean_heads((∇a ⊙ a)^+)``.
+    Pooling without a class token is a query that attends to the final tokens with weights
+    ``a``: the pooling head's probe attention (``global_pool='map'``), or ``1/n`` on the pooled
+    tokens (``global_pool='avg'``). It is read like any query in the paper: its row is rule 5
+    applied to ``a``, ``mean_heads((∇a ⊙ a)^+)`` (for the uniform weights ``(∇a_j) a_j =
+    <∂y/∂t_j, t_j>``, gradient times token state), and it reads ``R̄ = norm_rows(R − I) + I``,
+    eqs. (8)-(9), as the official code's rule 10 does where a query reads a self-attention
+    relevance. The uniform mean of the rows of ``R`` used before gave every patch the same unit
+    of self-relevance and near-uniform maps (max/mean 1.008); on the trained average-pooled
+    synthetic ViT the pointing game rose from 0.05 to 0.91.
 
     Parameters
     ----------

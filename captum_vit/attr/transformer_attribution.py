@@ -31,10 +31,12 @@ class TransformerAttribution(AttentionAttribution):
         Ā_l = I + mean_heads((∇A_l ⊙ R(A_l))⁺),   C = Ā_{L-1} ··· Ā_{start_layer}
 
     and the map is the classifier's row of ``C`` (class token; mean of class and
-    distillation rows for distilled DeiT) over the patches. Average pooling reads the mean of
-    the patch rows of ``norm_rows(C − I) + I`` (GAE's eqs. 8-9, see
-    :class:`~captum_vit.attr.GenericAttention`): the identity gives every patch row the same
-    self-relevance, which made the maps constant. As in the paper and the official
+    distillation rows for distilled DeiT) over the patches. Average pooling is an attention
+    with weights ``1/n`` over the pooled tokens, weighed like every attention here:
+    its row is ``(∇a ⊙ R(a))⁺`` (eq. 13; ``R(a)⁺`` for the LRP-only read-outs), ``R(a_j)`` the
+    LRP relevance of token ``j`` at the pool, and it reads ``norm_rows(C − I) + I`` (GAE's
+    eqs. 8-9, see :class:`~captum_vit.attr.GenericAttention`). The uniform mean of the patch
+    rows used before made the maps constant. As in the paper and the official
     ``compute_rollout_attention`` (whose row normalisation is commented out), the factors are
     not row-normalised unless ``normalize_rows=True``.
 

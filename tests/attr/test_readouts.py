@@ -1,6 +1,7 @@
-"""Readouts without a class token (issue 16, "Readouts that are wrong today"): attention
-pooling (SigLIP's ``global_pool='map'``) read at the probe's attention row, and average pooling
-read through GAE's eqs. (8)-(9) so that the identity no longer flattens the map."""
+"""Readouts without a class token (issue 16, "Readouts that are wrong today"): the pooling is
+a query attending to the final tokens (the probe's attention for SigLIP's ``global_pool='map'``,
+uniform weights for ``'avg'``) whose row each method weighs like its attention layers, reading
+GAE's ``norm_rows(R - I) + I`` (eqs. 8-9) so that the identity no longer flattens the map."""
 
 from __future__ import annotations
 
@@ -90,16 +91,16 @@ def max_over_mean(maps: Tensor) -> Tensor:
 
 
 def test_average_pooled_gae_is_no_longer_flat() -> None:
-    """Without eqs. 8-9 the mean of the patch rows of ``R`` is ``1/n`` plus a sliver (max/mean
-    1.002 on a random ViT-S at 224 px in issue 16, 1.0001 on this one); with them the map has
-    contrast (1.29 and 1.31 here)."""
+    """Average pooling read as uniform patch rows of ``R`` gave ``1/n`` plus a sliver (max/mean
+    1.002 on a random ViT-S at 224 px in issue 16; 1.008 on this ViT-S, 1.03-1.07 on the tiny
+    one). Rule 5 on the pool's weights and eqs. 8-9 give 2.6 and 2.0-7.0."""
     torch.manual_seed(0)
     model = timm.create_model(
         "vit_small_patch16_224", pretrained=False, global_pool="avg", class_token=False, img_size=64, depth=4
     ).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     maps = GenericAttention(model).attribute(x, target=[1, 2], return_patch_map=True)
-    assert (max_over_mean(maps) > 1.2).all(), max_over_mean(maps)
+    assert (max_over_mean(maps) > 2).all(), max_over_mean(maps)
     tiny = make_vit("avg")
     tiny_maps = GenericAttention(tiny).attribute(input_for(tiny, batch=3), target=[0, 1, 2], return_patch_map=True)
     assert (max_over_mean(tiny_maps) > 1.5).all(), max_over_mean(tiny_maps)

@@ -101,3 +101,11 @@ def test_count_output_bytes_sums_leaf_outputs() -> None:
         model(input_for(model, batch=2))
     assert counted[0] > 0 and counted2[0] == 2 * counted[0]  # per image, linear in the batch
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_eval_view_of_a_training_model() -> None:
+    model = make_vit("cls", drop_rate=0.5).train()
+    view = private_view(model, training=False)
+    assert not any(m.training for m in view.modules()) and all(m.training for m in model.modules())
+    x = input_for(model, batch=2)
+    assert_close(view(x), model.eval()(x), "exact", "the eval view computes the eval model")
