@@ -202,19 +202,12 @@ class MapAttribution(GradientAttribution):
     #: Explain a half-precision model on a float32 view (float32 copies of its weights, for
     #: the call only): for methods whose result is unstable under half-precision arithmetic.
     float32_view: ClassVar[bool] = False
-    #: Whether the method differentiates through the model (see :attr:`needs_gradients`).
-    uses_gradients: ClassVar[bool] = True
 
     @property
     def runs_explainee(self) -> bool:
         """Whether ``attribute`` runs the explained model (an amortised explainer such as
         pLTX explains in one pass of its own network and never calls it)."""
         return True
-
-    @property
-    def needs_gradients(self) -> bool:
-        """Whether ``attribute`` differentiates through the model."""
-        return self.uses_gradients
 
     def __init__(
         self, model: nn.Module, interpolate_mode: str | None = None, output_fn: OutputFn | None = None
@@ -282,22 +275,25 @@ class MapAttribution(GradientAttribution):
         if current is not None:
             yield current
             return
-        model = self._adapter.model
-        if _instrument_user_model:
+        if _instrument_user_model or not self.runs_explainee:  # pLTX never runs the model
             adapter = self._adapter
         else:
             half = self.float32_view and self._adapter.dtype in HALF_DTYPES
-            adapter = type(self._adapter)(private_view(model, torch.float32 if half else None, training=False))
+            view = private_view(self._adapter.model, torch.float32 if half else None, training=False)
+            adapter = type(self._adapter)(view)
         self._call.adapter = adapter
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                if self.needs_gradients and any(p.is_inference() for p in model.parameters()):
-                    raise RuntimeError(
-                        f"{type(self).__name__} differentiates through the model, but its parameters are "
-                        "inference tensors (the model was created or loaded under torch.inference_mode()); "
-                        "load it outside inference mode (inputs made under inference mode are fine)"
-                    )
                 yield adapter
+        except RuntimeError as e:
+            # checked here rather than by scanning the parameters on every call
+            if "Inference tensors" not in str(e):
+                raise
+            raise RuntimeError(
+                f"{type(self).__name__} differentiates through the model, but its parameters are inference "
+                "tensors (the model was created or loaded under torch.inference_mode()); load it outside "
+                "inference mode (inputs made under inference mode are fine)"
+            ) from e
         finally:
             self._call.adapter = None
 

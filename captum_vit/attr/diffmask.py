@@ -76,7 +76,6 @@ class VisionDiffMask(AttentionAttribution):
     """
 
     default_interpolate_mode = "nearest"
-    uses_gradients = False
 
     def __init__(
         self,

@@ -137,11 +137,6 @@ class LTX(MapAttribution):
         """pLTX (``finetune_steps=0``) explains with the explainer network alone."""
         return self.finetune_steps > 0
 
-    @property
-    def needs_gradients(self) -> bool:
-        """Finetuning differentiates through the explainee; pLTX does not run it."""
-        return self.finetune_steps > 0
-
     def _explainer_on(self, device: torch.device, dtype: torch.dtype) -> LTXExplainer:
         """The explainer in eval mode on ``device`` in ``dtype``, a private copy when the given
         one is in training mode, elsewhere or in another dtype (the caller's explainer is never

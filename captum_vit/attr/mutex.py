@@ -254,7 +254,6 @@ class MUTEX(AttentionAttribution):
     """
 
     default_interpolate_mode = "nearest"
-    uses_gradients = False
 
     def __init__(
         self,

@@ -37,8 +37,6 @@ class RawAttention(AttentionAttribution):
     torch.Size([2, 3, 32, 32])
     """
 
-    uses_gradients = False
-
     def __init__(
         self,
         model: nn.Module,

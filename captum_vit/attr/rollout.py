@@ -71,8 +71,6 @@ class AttentionRollout(AttentionAttribution):
         self.head_fusion = check_head_fusion(head_fusion)
         self.impl = check_impl(impl)
 
-    uses_gradients = False
-
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
         rec = self._attentions(x, target, forward_args, gradients=False)
         joint = attention_rollout(rec.attn, self.start_layer, self.head_fusion, self.discard_ratio, self.impl)

@@ -68,13 +68,13 @@ def _clone(module: nn.Module, memo: dict[int, nn.Module], training: bool | None)
         state["training"] = training
     # Containers that the copy would otherwise share with the user's module: each gets its
     # own dict holding the same tensors (parameters, buffers) or the same hook callables.
-    state["_parameters"] = OrderedDict(module._parameters)
-    state["_buffers"] = OrderedDict(module._buffers)
-    state["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
+    state["_parameters"] = module._parameters.copy()
+    state["_buffers"] = module._buffers.copy()
+    state["_non_persistent_buffers_set"] = module._non_persistent_buffers_set.copy()
     for name in _HOOK_DICTS:
         hooks = state.get(name)
         if hooks is not None:
-            state[name] = OrderedDict(hooks)
+            state[name] = hooks.copy()
     state["_modules"] = OrderedDict(
         (name, _clone(child, memo, training) if child is not None else None) for name, child in module._modules.items()
     )
