@@ -49,3 +49,15 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     for _ in range(warmup):
         fn()
     return statistics.median(timed(fn) for _ in range(repeats))
+
+
+def interleaved_medians(
+    runs: dict[str, Callable[[], object]], rounds: int, device: torch.device = DEVICE
+) -> dict[str, float]:
+    """Median seconds of each run, timed in turn ``rounds`` times (the machine is shared and
+    noisy: interleaving exposes every run to the same load)."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            times[name].append(timed(fn, device))
+    return {k: statistics.median(v) for k, v in times.items()}

@@ -20,14 +20,13 @@ weights: latency does not depend on them), on CUDA when available.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 
 import pytest
 import torch
 from captum.attr import IntegratedGradients
 
-from benchmarks.speed._timing import DEVICE, FULL, ROUNDS, bench_vit, timed
+from benchmarks.speed._timing import DEVICE, FULL, ROUNDS, bench_vit, interleaved_medians
 from captum_vit.attr import IIA
 from captum_vit.testing import assert_close
 
@@ -53,11 +52,7 @@ def test_iia_batched_vs_loop_vs_integrated_gradients(benchmark: pytest.FixtureRe
     # Same answer from both IIA schedules (and a warm-up for every run).
     assert_close(runs["iia_per_point"](), runs["iia_batched"](), "fp32_loose")
     runs["captum_ig"]()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(ROUNDS):
-        for name, fn in runs.items():
-            times[name].append(timed(fn, DEVICE))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(runs, ROUNDS, DEVICE)
     info = {
         "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"cpu x{torch.get_num_threads()}",
         "model": "vit_base_patch16_224" if FULL else "vit_tiny(depth 6, 64x64, patch 8)",

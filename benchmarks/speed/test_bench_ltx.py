@@ -20,14 +20,13 @@ latency does not depend on them), on CUDA when available.
 from __future__ import annotations
 
 import os
-import statistics
 import warnings
 from collections.abc import Callable
 
 import pytest
 import torch
 
-from benchmarks.speed._timing import DEVICE, FULL, ROUNDS, bench_vit, timed
+from benchmarks.speed._timing import DEVICE, FULL, ROUNDS, bench_vit, interleaved_medians
 from captum_vit.attr import LTX, PLTX
 from captum_vit.explainers import build_explainer
 
@@ -59,11 +58,7 @@ def test_ltx_latency(benchmark: pytest.FixtureRequest) -> None:
         warnings.simplefilter("ignore")
         for fn in runs.values():  # warm-up
             fn()
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(ROUNDS):
-            for name, fn in runs.items():
-                times[name].append(timed(fn, DEVICE))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(runs, ROUNDS, DEVICE)
     per_image_pltx = med["pltx"] / BATCH
     info = {
         "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"cpu x{torch.get_num_threads()}",

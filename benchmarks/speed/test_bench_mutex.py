@@ -20,12 +20,11 @@ is shared: only the ratios are meaningful). ``CAPTUM_VIT_BENCH_FULL=1`` uses ViT
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 
 import torch
 
-from benchmarks.speed._timing import FULL, ROUNDS, bench_vit, timed
+from benchmarks.speed._timing import FULL, ROUNDS, bench_vit, interleaved_medians
 from captum_vit.attr import MUTEX
 from captum_vit.testing import assert_close
 
@@ -59,11 +58,7 @@ def test_mutex_latency_and_batched_speedup(benchmark) -> None:
             "mutex_batched": lambda: batched.attribute(x, target=target),
             "mutex_sequential": lambda: sequential.attribute(x, target=target),
         }
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(ROUNDS):
-            for name, fn in runs.items():
-                times[name].append(timed(fn, DEVICE))
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = interleaved_medians(runs, ROUNDS, DEVICE)
         info = {
             "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"cpu x{torch.get_num_threads()}",
             "model": "vit_base_patch16_224" if FULL else "vit_tiny(12 blocks, 64x64, patch 8)",
