@@ -32,7 +32,7 @@ from captum_vit.kernels._common import accumulation_dtype
 from captum_vit.models.cnn import SUPPORTED_CNNS, CNNAdapter
 from captum_vit.models.preprocess import model_logits
 from captum_vit.models.view import private_view, unwrap_compiled
-from captum_vit.models.vit import SUPPORTED_VITS, ViTAdapter, upsample_patch_map
+from captum_vit.models.vit import ViTAdapter, supported_vits, upsample_patch_map
 
 Adapter = ViTAdapter | CNNAdapter
 OutputFn = Callable[[Any], Tensor]
@@ -52,7 +52,9 @@ def make_adapter(model: nn.Module, kinds: tuple[str, ...]) -> Adapter:
             return ViTAdapter(model) if kind == "vit" else CNNAdapter(model)
         except TypeError as e:
             errors.append(str(e))
-    supported = " or ".join(SUPPORTED_VITS if k == "vit" else SUPPORTED_CNNS for k in kinds)
+    if len(errors) == 1:  # the one family's own reason (it names what is supported)
+        raise TypeError(errors[0])
+    supported = " or ".join(supported_vits() if k == "vit" else SUPPORTED_CNNS for k in kinds)
     raise TypeError(f"unsupported model {type(model).__name__}: expected {supported}")
 
 
@@ -280,7 +282,7 @@ class MapAttribution(GradientAttribution):
         else:
             half = self.float32_view and self._adapter.dtype in HALF_DTYPES
             view = private_view(self._adapter.model, torch.float32 if half else None, training=False)
-            adapter = type(self._adapter)(view)
+            adapter = self._adapter.rebuild(view)
         self._call.adapter = adapter
         try:
             with torch.inference_mode(False), torch.enable_grad():

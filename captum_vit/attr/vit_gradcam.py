@@ -53,7 +53,7 @@ class ViTGradCAM(AttentionAttribution):
         output_fn: OutputFn | None = None,
     ) -> None:
         super().__init__(model, interpolate_mode, output_fn)
-        default: Any = self.vit.blocks[-1].norm1
+        default: Any = self.vit.gradcam_layer
         self.layer_name = layer_path(self.vit.model, default if layer is None else layer)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:

@@ -229,4 +229,4 @@ def _prefix_parameters(model: nn.Module, count: int) -> Tensor:
 
 def _token_width(adapter: ViTAdapter) -> int:
     """The width of the patch-embedding output (the tokens the placeholder replaces)."""
-    return int(adapter.model.patch_embed.proj.out_channels)  # type: ignore[union-attr, arg-type]
+    return adapter.embed_dim

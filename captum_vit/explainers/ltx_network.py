@@ -44,7 +44,7 @@ def _geometry(explainee: nn.Module) -> dict[str, Any]:
             "in_chans": a.in_chans,
             "patch_size": a.patch_size,
             "num_prefix_tokens": a.num_prefix_tokens,
-            "img_size": tuple(int(s) for s in explainee.patch_embed.img_size),  # type: ignore[union-attr]
+            "img_size": a.img_size,
             "dynamic_img_size": a.dynamic_img_size,
         }
     if is_cnn(explainee):
@@ -132,24 +132,24 @@ class ViTExplainer(_Explainer):
         if self.geometry["kind"] != "vit":
             raise TypeError(f"ViTExplainer needs a timm ViT explainee, got {type(explainee).__name__}")
         self._set_fingerprint(explainee)
-        backbone = copy.deepcopy(explainee)
-        backbone.reset_classifier(0)  # type: ignore[operator]
+        # The backbone is a copy of the ViT itself (inside a wrapper: the ViT the adapter reads).
+        backbone = copy.deepcopy(ViTAdapter(explainee).module)
+        adapter = ViTAdapter(backbone)
+        adapter.strip_head()
         backbone.train(explainee.training)
         backbone.requires_grad_(True)  # the copy trains even when the explainee is frozen
         # Frozen embeddings, as the official explainer (its freeze_multitask_model).
         # The attention-pooling head (SigLIP) never runs: the explainer reads the tokens.
-        for name in ("patch_embed", "cls_token", "dist_token", "reg_token", "pos_embed", "attn_pool"):
-            part = getattr(backbone, name, None)
-            if isinstance(part, (nn.Module, nn.Parameter)):
-                part.requires_grad_(False)
+        for part in adapter.embedding_parts:
+            part.requires_grad_(False)
         self.backbone = backbone
-        self.adapter = ViTAdapter(backbone)
-        d = int(backbone.embed_dim)  # type: ignore[arg-type]
+        self.adapter = adapter
+        d = adapter.embed_dim
         self.head = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         """Mask logits ``(B, h, w)`` for normalised images ``x`` ``(B, C, H, W)``."""
-        tokens = self.backbone.forward_features(x)  # type: ignore[operator]  # (B, N, d), final norm applied
+        tokens = self.adapter.final_tokens(x)  # (B, N, d), final norm applied
         logits = self.head(tokens).squeeze(-1)
         return self.adapter.patch_columns(logits, (int(x.shape[-2]), int(x.shape[-1])))
 

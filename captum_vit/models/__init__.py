@@ -12,7 +12,16 @@ from captum_vit.models.hooks import (
 )
 from captum_vit.models.pretrained import list_pretrained, load_pretrained
 from captum_vit.models.view import private_view, unwrap_compiled
-from captum_vit.models.vit import SUPPORTED_VITS, Readout, ViTAdapter, is_vit, upsample_patch_map
+from captum_vit.models.vit import (
+    SUPPORTED_VITS,
+    Readout,
+    ViTAdapter,
+    is_vit,
+    register_family,
+    supported_vits,
+    upsample_patch_map,
+)
+from captum_vit.models.wrapped import Wrapped
 
 __all__ = [
     "SUPPORTED_VITS",
@@ -20,6 +29,7 @@ __all__ = [
     "HiddenStates",
     "Readout",
     "ViTAdapter",
+    "Wrapped",
     "count_output_bytes",
     "is_vit",
     "keep_patch_tokens",
@@ -29,7 +39,9 @@ __all__ = [
     "record_activations",
     "record_attention",
     "record_hidden_states",
+    "register_family",
     "replace_patch_embeddings",
+    "supported_vits",
     "unwrap_compiled",
     "upsample_patch_map",
 ]

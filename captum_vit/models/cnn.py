@@ -33,6 +33,10 @@ class CNNAdapter:
         self.model = model
         self.stages: list[nn.Module] = [s for s in stages if s is not None]
 
+    def rebuild(self, model: nn.Module) -> CNNAdapter:
+        """The adapter of ``model`` (a private view of :attr:`model`)."""
+        return type(self)(model)
+
     @property
     def num_classes(self) -> int:
         return int(getattr(self.model, "num_classes", 0))

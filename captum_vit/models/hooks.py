@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -159,15 +160,23 @@ def keep_patch_tokens(model: nn.Module | ViTAdapter, indices: Tensor) -> Iterato
         raise ValueError(f"indices must be a (batch, kept) integer tensor, got {tuple(indices.shape)} {indices.dtype}")
     p = adapter.num_prefix_tokens
 
-    def hook(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> Tensor:
+    if not adapter.supports_token_removal:
+        raise ValueError(
+            f"tokens cannot be removed from a {type(adapter.module).__name__}: its attention depends on token "
+            "positions (relative position bias or rotary embeddings)"
+        )
+
+    def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        # the first block's input: prefix tokens and position embeddings are in place
+        out = args[0]
         if out.shape[0] != indices.shape[0]:
             raise ValueError(f"indices batch {indices.shape[0]} does not match input batch {out.shape[0]}")
         idx = indices.to(out.device).long() + p
         idx = idx.unsqueeze(-1).expand(-1, -1, out.shape[-1])
-        return torch.cat([out[:, :p], out.gather(1, idx)], dim=1)
+        return (torch.cat([out[:, :p], out.gather(1, idx)], dim=1), *args[1:])
 
     with removing_hooks() as handles:
-        handles.append(adapter.model.norm_pre.register_forward_hook(hook))  # type: ignore[union-attr]
+        handles.append(adapter.blocks[0].register_forward_pre_hook(pre_hook))
         yield
 
 
@@ -205,7 +214,7 @@ def record_hidden_states(model: nn.Module | ViTAdapter) -> Iterator[HiddenStates
     hs = HiddenStates([None] * (n + 2))
 
     def on_embed(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
-        hs.states[0] = flatten_tokens(out)
+        hs.states[0] = adapter.patch_tokens(out)
 
     def make_pre(i: int) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def pre(_m: nn.Module, inp: tuple[Tensor, ...]) -> None:
@@ -217,7 +226,7 @@ def record_hidden_states(model: nn.Module | ViTAdapter) -> Iterator[HiddenStates
         hs.states[n + 1] = out
 
     with removing_hooks() as handles:
-        handles.append(adapter.model.patch_embed.register_forward_hook(on_embed))  # type: ignore[union-attr]
+        handles.append(adapter.patch_embedding.register_forward_hook(on_embed))
         for i, blk in enumerate(adapter.blocks):
             handles.append(blk.register_forward_pre_hook(make_pre(i)))
         handles.append(adapter.blocks[-1].register_forward_hook(on_last))
@@ -234,13 +243,14 @@ def replace_patch_embeddings(model: nn.Module | ViTAdapter, fn: Callable[[Tensor
     adapter = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
 
     def hook(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> Tensor:
-        new = fn(flatten_tokens(out))
-        if new.shape != flatten_tokens(out).shape:
-            raise ValueError(f"replacement has shape {tuple(new.shape)}, expected {tuple(flatten_tokens(out).shape)}")
-        return new.reshape(out.shape)
+        tokens = adapter.patch_tokens(out)
+        new = fn(tokens)
+        if new.shape != tokens.shape:
+            raise ValueError(f"replacement has shape {tuple(new.shape)}, expected {tuple(tokens.shape)}")
+        return adapter.restore_patch_tokens(new, out)
 
     with removing_hooks() as handles:
-        handles.append(adapter.model.patch_embed.register_forward_hook(hook))  # type: ignore[union-attr]
+        handles.append(adapter.patch_embedding.register_forward_hook(hook))
         yield
 
 

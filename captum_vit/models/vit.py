@@ -13,7 +13,7 @@ import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +22,36 @@ from torch import Tensor, nn
 
 from captum_vit.models.view import unwrap_compiled
 
+A = TypeVar("A", bound="ViTAdapter")
+
 SUPPORTED_VITS = (
-    "timm VisionTransformer and its subclasses (vit_*, deit_*, deit3_*, including distilled "
-    "DeiT, register-token and attention-pooled models) built from timm.layers.Attention blocks"
+    "timm VisionTransformer and its subclasses (vit_*, deit_*, deit3_*, DINOv2, CLIP, SigLIP, FlexiViT, including "
+    "distilled DeiT, register-token and attention-pooled models) built from timm.layers.Attention blocks"
 )
+
+#: Adapter classes of the other model families, tried in order before the timm ViT default
+#: (:func:`register_family`); :func:`supported_vits` lists them all.
+_FAMILIES: list[type[ViTAdapter]] = []
+
+
+def register_family(cls: type[A]) -> type[A]:
+    """Class decorator: make :class:`ViTAdapter` dispatch models its ``accepts`` recognises to
+    ``cls`` (a subclass overriding the family-specific parts)."""
+    if cls not in _FAMILIES:
+        _FAMILIES.append(cls)
+    return cls
+
+
+def _load_families() -> None:
+    # The family modules register themselves on import; imported on first use only (one of
+    # them reads Hugging Face models and must not import transformers at package import).
+    import captum_vit.models.families  # noqa: F401
+
+
+def supported_vits() -> str:
+    """Every model family the attention-graph methods support, for error messages."""
+    _load_families()
+    return "; ".join([SUPPORTED_VITS, *(f.family for f in _FAMILIES)])
 
 
 def check_image_batch(x: object, in_chans: int, name: str = "inputs") -> Tensor:
@@ -69,20 +95,40 @@ class Readout:
 
 
 class ViTAdapter:
-    """Read a timm ViT's geometry and validate inputs against it.
+    """Read a Vision Transformer's geometry and validate inputs against it.
+
+    ``ViTAdapter(model)`` returns the adapter of the model's family: timm's
+    ``VisionTransformer`` (this class) or one registered with :func:`register_family` (timm
+    BEiT / EVA / relative-position ViTs, torchvision and Hugging Face ViTs, see
+    :mod:`captum_vit.models.families`). A family subclass overrides :meth:`accepts`,
+    :meth:`_setup` and the properties that differ; methods only ever ask the adapter.
 
     Parameters
     ----------
     model : nn.Module
-        A timm ``VisionTransformer`` (or ``VisionTransformerDistilled``).
+        The model whose output is explained. It is the ViT itself, a ``torch.compile`` wrapper
+        of one (the adapter, and every hook, then works on the module it compiled: the same
+        function with the same weights), a :class:`~captum_vit.models.wrapped.Wrapped` naming
+        the ViT inside a larger module, or a larger module holding exactly one supported ViT
+        (found automatically).
+    inner : str, optional
+        Dotted path of the ViT inside ``model`` (what :class:`Wrapped` passes); default: the
+        model itself, or the one ViT it holds.
 
-    A ``torch.compile`` wrapper is unwrapped: the adapter (and every hook) works on the module
-    it compiled, which computes the same function with the same weights.
+    Attributes
+    ----------
+    model : nn.Module
+        What is run to get the explained output (the whole wrapper).
+    module : nn.Module
+        The ViT whose internals are read and instrumented (``model`` itself unless wrapped).
+    inner : str
+        The dotted path of ``module`` in ``model`` (``""`` for the model itself).
 
     Raises
     ------
     TypeError
-        If ``model`` is not a supported timm ViT.
+        If ``model`` is not (and holds no) supported ViT, or holds several (name one with
+        :class:`~captum_vit.models.wrapped.Wrapped`).
 
     Examples
     --------
@@ -92,36 +138,67 @@ class ViTAdapter:
     >>> a = ViTAdapter(m)
     >>> a.num_prefix_tokens, a.grid_size((64, 64))
     (1, (4, 4))
+    >>> ViTAdapter(nn.Sequential(nn.Identity(), m)).inner
+    '1'
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    #: What the family is, in words (error messages, the coverage matrix).
+    family: ClassVar[str] = SUPPORTED_VITS
+    #: Whether MUTEX may drop patch tokens from the sequence (absolute position embeddings
+    #: only); families with relative position bias or rotary embeddings say ``False`` and
+    #: MUTEX masks the removed tokens out of every attention instead (the same function).
+    supports_token_removal: ClassVar[bool] = True
+
+    def __new__(cls, model: nn.Module | None = None, inner: str | None = None) -> ViTAdapter:
+        if cls is not ViTAdapter or model is None:  # a subclass, or copy/pickle restoring state
+            return object.__new__(cls)
+        module = _resolve_inner(model, inner)[1] if isinstance(model, nn.Module) else model
+        return object.__new__(_family_of(module) or ViTAdapter)
+
+    @classmethod
+    def accepts(cls, module: nn.Module) -> bool:
+        """Whether ``module`` is a model of this family (cheap: no forward pass)."""
+        return all(hasattr(module, n) for n in ("patch_embed", "blocks", "num_prefix_tokens", "forward_features"))
+
+    def __init__(self, model: nn.Module, inner: str | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         model = unwrap_compiled(model)
+        self.inner, module = _resolve_inner(model, inner)
+        self.model = model
+        self.module: Any = module
+        self._setup(module)
+
+    def rebuild(self: A, model: nn.Module) -> A:
+        """The same family's adapter of ``model`` (a private view of :attr:`model`), with the
+        same inner path."""
+        return type(self)(model, self.inner or None)
+
+    def _setup(self, module: nn.Module) -> None:
+        """Validate ``module`` and find its blocks (raise ``TypeError`` naming the problem)."""
         needed = ("patch_embed", "blocks", "num_prefix_tokens", "forward_features")
-        missing = [n for n in needed if not hasattr(model, n)]
+        missing = [n for n in needed if not hasattr(module, n)]
         if missing:
             raise TypeError(
-                f"model of type {type(model).__name__} is not a supported ViT (missing "
-                f"{', '.join(missing)}); supported: {SUPPORTED_VITS}"
+                f"model of type {type(module).__name__} is not a supported ViT (missing "
+                f"{', '.join(missing)}); supported: {supported_vits()}"
             )
-        blocks = list(model.blocks)  # type: ignore[arg-type, union-attr]
+        blocks = list(module.blocks)  # type: ignore[arg-type, union-attr]
         if not blocks or not all(isinstance(getattr(b, "attn", None), Attention) for b in blocks):
             raise TypeError(
-                f"model of type {type(model).__name__} has blocks whose attention is not "
-                f"timm.layers.Attention; supported: {SUPPORTED_VITS}"
+                f"model of type {type(module).__name__} has blocks whose attention is not "
+                f"timm.layers.Attention; supported: {supported_vits()}"
             )
-        self.model = model
         self.blocks: list[nn.Module] = blocks
         # timm modules are typed loosely (nn.Module.__getattr__); keep them as Any here.
         self.attentions: list[Any] = [b.attn for b in blocks]
-        self.patch_embed: Any = model.patch_embed
+        self.patch_embed: Any = module.patch_embed
 
     # ------------------------------------------------------------------ geometry
     @property
     def num_prefix_tokens(self) -> int:
         """Class, distillation and register tokens placed before the patch tokens."""
-        return int(self.model.num_prefix_tokens)  # type: ignore[arg-type]
+        return int(self.module.num_prefix_tokens)  # type: ignore[arg-type]
 
     @property
     def num_blocks(self) -> int:
@@ -134,7 +211,7 @@ class ViTAdapter:
     @property
     def num_classes(self) -> int:
         """Classifier outputs; 0 for a model without a classifier head (an embedding model)."""
-        return int(getattr(self.model, "num_classes", 0))
+        return int(getattr(self.module, "num_classes", 0))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -152,7 +229,19 @@ class ViTAdapter:
 
     @property
     def dynamic_img_size(self) -> bool:
-        return bool(getattr(self.model, "dynamic_img_size", False))
+        return bool(getattr(self.module, "dynamic_img_size", False))
+
+    @property
+    def img_size(self) -> tuple[int, int] | None:
+        """The one input size the model takes, or ``None`` when it takes any size."""
+        if self.dynamic_img_size or not bool(getattr(self.patch_embed, "strict_img_size", True)):
+            return None
+        return (int(self.patch_embed.img_size[0]), int(self.patch_embed.img_size[1]))
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the token states."""
+        return int(self.module.embed_dim)
 
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Patch grid ``(h, w)`` for an input of spatial size ``image_size``."""
@@ -180,7 +269,7 @@ class ViTAdapter:
             For poolings no row readout describes (``'max'``, ``'avgmax'``, an attention pool
             with several probes).
         """
-        m = self.model
+        m = self.module
         pool = self.attention_pool
         if pool is not None:
             if int(getattr(pool, "latent_len", 1)) != 1:
@@ -223,13 +312,13 @@ class ViTAdapter:
     @property
     def attention_pool(self) -> Any:
         """The attention-pooling head (``global_pool='map'``), or ``None``."""
-        return getattr(self.model, "attn_pool", None)
+        return getattr(self.module, "attn_pool", None)
 
     @property
     def pool_input(self) -> nn.Module:
         """The module whose output ``(B, N, D)`` is the token states the pooling (and the class
         token's head) reads: timm's final norm."""
-        return self.model.norm  # type: ignore[return-value]
+        return self.module.norm  # type: ignore[return-value]
 
     @property
     def attention_probes(self) -> list[nn.Module]:
@@ -276,6 +365,52 @@ class ViTAdapter:
                 pool._modules.pop(_POOL_PROBE, None)
                 pool.__dict__.pop("forward", None)
 
+    @property
+    def patch_embedding(self) -> nn.Module:
+        """The module whose output is the patch tokens, before prefix tokens and position
+        embeddings (DiffMask replaces it, :func:`~captum_vit.models.hooks.replace_patch_embeddings`)."""
+        return self.patch_embed  # type: ignore[no-any-return]
+
+    def patch_tokens(self, out: Tensor) -> Tensor:
+        """:attr:`patch_embedding`'s output as ``(B, h*w, D)`` tokens (timm models with
+        ``flatten=False`` give ``(B, h, w, D)``)."""
+        return out.flatten(1, 2) if out.dim() == 4 else out
+
+    def restore_patch_tokens(self, tokens: Tensor, like: Tensor) -> Tensor:
+        """Inverse of :meth:`patch_tokens`: ``(B, h*w, D)`` tokens in the layout of ``like``."""
+        return tokens.reshape(like.shape)
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """ViT Grad-CAM's default layer: the last block's first norm (pytorch-grad-cam's
+        recommendation; its patch tokens get gradients through the last attention)."""
+        return self.blocks[-1].norm1  # type: ignore[return-value]
+
+    @property
+    def lrp_unsupported(self) -> str | None:
+        """Why Transformer Attribution's relevance rules do not cover this model, or ``None``."""
+        if type(self) is ViTAdapter:
+            return None
+        return f"its relevance-propagation rules cover timm VisionTransformer blocks, not {self.family}"
+
+    def final_tokens(self, x: Tensor) -> Tensor:
+        """The final (normed) token states ``(B, N, D)`` of images ``x`` (what the pooling and
+        the class token's head read; LTX's explainer network reads them)."""
+        return self.module.forward_features(x)  # type: ignore[no-any-return]
+
+    def strip_head(self) -> None:
+        """Remove the classifier of :attr:`module` in place (called on a copy: LTX's explainer
+        backbone)."""
+        self.module.reset_classifier(0)
+
+    @property
+    def embedding_parts(self) -> list[nn.Module | nn.Parameter]:
+        """Patch and position embeddings and prefix tokens (frozen in LTX's explainer, as the
+        official code), and parts the explainer never runs (an attention-pooling head)."""
+        names = ("patch_embed", "cls_token", "dist_token", "reg_token", "pos_embed", "attn_pool")
+        parts = [getattr(self.module, n, None) for n in names]
+        return [p for p in parts if isinstance(p, (nn.Module, nn.Parameter))]
+
     # ---------------------------------------------------------------- validation
     def check_input(self, x: object, name: str = "inputs") -> Tensor:
         """Validate an image batch; return it unchanged.
@@ -295,9 +430,8 @@ class ViTAdapter:
             if h < ph or w < pw:
                 raise ValueError(f"{name} spatial size {(h, w)} is smaller than the patch size {(ph, pw)}")
         else:
-            expected = tuple(int(s) for s in self.patch_embed.img_size)
-            strict = bool(getattr(self.patch_embed, "strict_img_size", True))
-            if strict and (h, w) != expected:
+            expected = self.img_size
+            if expected is not None and (h, w) != expected:
                 raise ValueError(
                     f"{name} spatial size {(h, w)} does not match the model's img_size {expected}; "
                     "create the model with img_size=... or dynamic_img_size=True"
@@ -366,6 +500,43 @@ def upsample_patch_map(patch_map: Tensor, image_shape: torch.Size | tuple[int, .
     kwargs = {} if mode == "nearest" else {"align_corners": False}
     up = F.interpolate(patch_map.unsqueeze(1).float(), size=(hh, ww), mode=mode, **kwargs)
     return up.expand(b, c, hh, ww).contiguous()
+
+
+def _family_of(module: nn.Module) -> type[ViTAdapter] | None:
+    """The adapter class of ``module``'s family, or ``None``."""
+    _load_families()
+    for fam in _FAMILIES:
+        if fam.accepts(module):
+            return fam
+    return ViTAdapter if ViTAdapter.accepts(module) else None
+
+
+def _resolve_inner(model: nn.Module, inner: str | None) -> tuple[str, nn.Module]:
+    """``(path, module)`` of the ViT to read in ``model``: ``inner`` when given (or the one a
+    :class:`~captum_vit.models.wrapped.Wrapped` names), ``model`` itself when it is a ViT,
+    else the one supported ViT it holds."""
+    model = unwrap_compiled(model)
+    if inner is None:
+        inner = getattr(model, "captum_vit_inner", None)
+    if inner is not None:
+        try:
+            return inner, unwrap_compiled(model.get_submodule(inner))
+        except AttributeError:
+            raise TypeError(f"inner={inner!r} is not a submodule of the {type(model).__name__} model") from None
+    if _family_of(model) is not None:
+        return "", model
+    found: list[str] = []
+    for name, sub in model.named_modules():
+        if name and not any(name.startswith(f + ".") for f in found) and _family_of(sub) is not None:
+            found.append(name)
+    if len(found) == 1:
+        return found[0], unwrap_compiled(model.get_submodule(found[0]))
+    if len(found) > 1:
+        raise TypeError(
+            f"the {type(model).__name__} model holds several ViTs ({', '.join(found)}); name the one to explain "
+            "with captum_vit.models.Wrapped(model, vit=...)"
+        )
+    return "", model
 
 
 def is_vit(model: nn.Module) -> bool:
