@@ -29,3 +29,10 @@ def vit(request: pytest.FixtureRequest) -> nn.Module:
 @pytest.fixture
 def cnn() -> nn.Module:
     return make_cnn()
+
+
+@pytest.fixture(autouse=True)
+def _private_registry(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test registers weights into a registry of its own, never the developer's
+    ``$CAPTUM_VIT_HOME`` or cache folder (subprocesses inherit the variable)."""
+    monkeypatch.setenv("CAPTUM_VIT_HOME", str(tmp_path_factory.mktemp("captum_vit_home")))

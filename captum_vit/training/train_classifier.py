@@ -79,6 +79,18 @@ RECIPES: dict[str, Recipe] = {
         # textures were picked up); 5 epochs give the cosine schedule room after that.
         epochs=5,
     ),
+    # The synthetic ViT without a class token, average-pooled: the fixture on which the
+    # attention-graph methods' pooled readouts (docs/methods.md §1.1) are shown to localise.
+    "synthetic-vit-avg": Recipe(
+        "vit_tiny_patch16_224",
+        dict(
+            img_size=IMAGE_SIZE, patch_size=8, embed_dim=128, depth=6, num_heads=4, num_classes=_NUM_CLASSES,
+            global_pool="avg", class_token=False,
+        ),
+        lr=1e-3,
+        weight_decay=0.05,
+        epochs=5,
+    ),
     "synthetic-resnet": Recipe(
         "resnet10t",
         dict(channels=[32, 64, 128, 256], num_classes=_NUM_CLASSES),
@@ -91,7 +103,7 @@ RECIPES: dict[str, Recipe] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="models to train")
+    a("--models", nargs="+", default=["synthetic-vit", "synthetic-resnet"], choices=list(RECIPES), help="models to train")
     a("--train-size", type=positive_int, default=10_000, help="images rendered per epoch")
     a("--epochs", type=positive_int, default=None, help="override every recipe's epoch count")
     a("--batch-size", type=positive_int, default=128)
