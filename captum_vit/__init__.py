@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from captum_vit import attr, models
     from captum_vit.attr import get_method, list_methods
+    from captum_vit.models import Wrapped
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "attr", "get_method", "list_methods", "models"]
+__all__ = ["Wrapped", "__version__", "attr", "get_method", "list_methods", "models"]
 
 #: public name -> (module, attribute in it; None for the module itself)
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -29,6 +30,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "models": ("captum_vit.models", None),
     "get_method": ("captum_vit.attr", "get_method"),
     "list_methods": ("captum_vit.attr", "list_methods"),
+    "Wrapped": ("captum_vit.models", "Wrapped"),
 }
 
 

@@ -39,3 +39,13 @@ def test_quality_script_help(module: str, capsys: pytest.CaptureFixture[str]) ->
         importlib.import_module(module).main(["--help"])
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_token_scaling_script_runs_tiny(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.speed import token_scaling
+
+    token_scaling.main(["--tiny", "--rounds", "1", "--sizes", "197", "--no-memory"])
+    out = capsys.readouterr().out
+    assert all(f"| {case} |" in out for case in ("rollout", "gae", "attention_gradcam", "raw_attention")), out
+    mem = token_scaling.memory_case("gae", batch=1, tiny=True)  # what each child process of the memory table runs
+    assert mem["peak_gb"] >= mem["base_gb"] > 0

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from captum_vit.attr._targets import format_targets, resolve_targets
 from captum_vit.kernels._common import accumulation_dtype
-from captum_vit.models.cnn import SUPPORTED_CNNS, CNNAdapter
+from captum_vit.models.cnn import SUPPORTED_CNNS, CNNAdapter, backbone_refusal
 from captum_vit.models.preprocess import model_logits
 from captum_vit.models.view import private_view, unwrap_compiled
 from captum_vit.models.vit import ViTAdapter, supported_vits, upsample_patch_map
@@ -42,9 +42,10 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 _instrument_user_model = False
 
 
-def make_adapter(model: nn.Module, kinds: tuple[str, ...]) -> Adapter:
+def make_adapter(model: nn.Module, kinds: tuple[str, ...], method: str | None = None) -> Adapter:
     """The adapter for ``model`` (a ``torch.compile`` wrapper is unwrapped) among the supported
-    ``kinds`` (``"vit"``, ``"cnn"``)."""
+    ``kinds`` (``"vit"``, ``"cnn"``); ``method`` (a class name) is named when refusing a CNN
+    or hierarchical transformer."""
     model = unwrap_compiled(model)
     errors = []
     for kind in kinds:
@@ -52,6 +53,9 @@ def make_adapter(model: nn.Module, kinds: tuple[str, ...]) -> Adapter:
             return ViTAdapter(model) if kind == "vit" else CNNAdapter(model)
         except TypeError as e:
             errors.append(str(e))
+    why = backbone_refusal(model, method) if "cnn" not in kinds else None
+    if why is not None:  # a CNN, Swin, PVT: say why there is no attention graph, not just "unsupported"
+        raise TypeError(why)
     if len(errors) == 1:  # the one family's own reason (it names what is supported)
         raise TypeError(errors[0])
     supported = " or ".join(supported_vits() if k == "vit" else SUPPORTED_CNNS for k in kinds)
@@ -214,7 +218,7 @@ class MapAttribution(GradientAttribution):
     def __init__(
         self, model: nn.Module, interpolate_mode: str | None = None, output_fn: OutputFn | None = None
     ) -> None:
-        self._adapter = make_adapter(model, self.model_kinds)
+        self._adapter = make_adapter(model, self.model_kinds, type(self).__name__)
         GradientAttribution.__init__(self, model)
         self.model = model
         mode = interpolate_mode or self.default_interpolate_mode

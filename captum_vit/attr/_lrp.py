@@ -43,8 +43,10 @@ def safe_divide(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
     >>> safe_divide(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, 0.0, -4.0]))
     tensor([ 0.5000,  0.0000, -0.2500])
     """
-    den = b + eps * torch.where(b >= 0, 1.0, -1.0).to(b.dtype)
-    return torch.where(b == 0, torch.zeros_like(a), a / den)
+    den = b.sign().mul_(eps).add_(b)  # 0 where b == 0: masked below
+    in_place = a.shape == den.shape and torch.result_type(a, den) == den.dtype
+    out = torch.div(a, den, out=den) if in_place else a / den
+    return out.masked_fill_(b == 0, 0.0)
 
 
 def linear_relevance(layer: LinearInput, r: Tensor, alpha: float = 1.0) -> Tensor:
@@ -62,16 +64,25 @@ def linear_relevance(layer: LinearInput, r: Tensor, alpha: float = 1.0) -> Tenso
     tensor([[1., 2.]])
     """
     x, w = layer.x, layer.weight
-    px, nx, pw, nw = x.clamp(min=0), x.clamp(max=0), w.clamp(min=0), w.clamp(max=0)
-
-    def share(w_pos: Tensor, w_neg: Tensor) -> Tensor:
-        s = safe_divide(r, F.linear(px, w_pos) + F.linear(nx, w_neg))
-        return px * (s @ w_pos) + nx * (s @ w_neg)
-
-    out = share(pw, nw)
+    rows = x.reshape(-1, x.shape[-1])
+    px, nx, pw, nw = rows.clamp(min=0), rows.clamp(max=0), w.clamp(min=0), w.clamp(max=0)
+    r2 = r.reshape(-1, r.shape[-1])
+    out = _share(px, nx, pw, nw, r2, activating=True)
     if alpha != 1.0:
-        out = alpha * out - (alpha - 1.0) * share(nw, pw)
-    return out
+        out = alpha * out - (alpha - 1.0) * _share(px, nx, nw, pw, r2, activating=False)
+    return out.reshape(*x.shape)
+
+
+def _share(px: Tensor, nx: Tensor, w_pos: Tensor, w_neg: Tensor, r: Tensor, activating: bool) -> Tensor:
+    """``px ⊙ (s W₊) + nx ⊙ (s W₋)`` with ``s = r / (px W₊ᵀ + nx W₋ᵀ)``, for 2-D rows."""
+    z = (px @ w_pos.t()).addmm_(nx, w_neg.t())
+    if activating:
+        # Every term of z is >= 0, so z >= 0, and z == 0 only where every term x_i w_i is 0:
+        # there s = r / eps meets only zero factors below, which is why no mask is needed.
+        s = torch.div(r, z.add_(EPS), out=z)
+    else:
+        s = safe_divide(r, z)
+    return (s @ w_pos).mul_(px).addcmul_(nx, s @ w_neg)
 
 
 def residual_relevance(a: Tensor, b: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,19 +92,20 @@ def residual_relevance(a: Tensor, b: Tensor, r: Tensor) -> tuple[Tensor, Tensor]
     example, the summands' totals are ``|Σa'| / (|Σa'| + |Σb'|) · Σr`` and likewise for b.
     """
     s = safe_divide(r, a + b)
-    ra, rb = a * s, b * s
+    ra = a * s
+    rb = s.mul_(b)
     dims = tuple(range(1, r.dim()))
     sa, sb, total = ra.sum(dims, keepdim=True), rb.sum(dims, keepdim=True), r.sum(dims, keepdim=True)
     den = sa.abs() + sb.abs()
     share_a, share_b = safe_divide(sa.abs(), den) * total, safe_divide(sb.abs(), den) * total
-    return ra * safe_divide(share_a, sa), rb * safe_divide(share_b, sb)
+    return ra.mul_(safe_divide(share_a, sa)), rb.mul_(safe_divide(share_b, sb))
 
 
 def product_relevance(x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
     """z-rule through the batched product ``z = x @ y``, halved per operand so their sum
     conserves (Chefer's ``einsum`` relprop followed by ``/= 2`` in ``Attention.relprop``)."""
     s = safe_divide(r, x @ y)
-    return x * (s @ y.transpose(-1, -2)) / 2, y * (x.transpose(-1, -2) @ s) / 2
+    return (s @ y.transpose(-1, -2)).mul_(x).div_(2), (x.transpose(-1, -2) @ s).mul_(y).div_(2)
 
 
 @dataclass
@@ -119,23 +131,29 @@ def pooling_relevance(tokens: Tensor, weights: Tensor, r: Tensor) -> Tensor:
     return weights[None, :, None] * tokens * safe_divide(r, z)[:, None, :]
 
 
-def block_relevance(blk: BlockTrace, r: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+def block_relevance(
+    blk: BlockTrace, r: Tensor, alpha: float = 1.0, need_input: bool = True
+) -> tuple[Tensor | None, Tensor, Tensor]:
     """Relevance of a block's input from that of its output.
 
     Returns ``(r_input, r_attention, r_attention_output)``: ``(B, N, D)``,
-    ``(B, heads, N, N)`` and ``(B, N, D)``. Mirrors Chefer's ``Block.relprop``.
+    ``(B, heads, N, N)`` and ``(B, N, D)``. Mirrors Chefer's ``Block.relprop``. With
+    ``need_input=False`` the pass stops at R(A) (``r_input`` is ``None``): the rule through
+    ``q kᵀ`` and the q/k/v projection are skipped.
     """
     r_mid, r_mlp = residual_relevance(blk.mid, blk.mlp_branch, r)
     r_hidden = linear_relevance(blk.fc2, r_mlp, alpha)  # layer scale, dropout: pass-through
-    r_mid = r_mid + linear_relevance(blk.fc1, r_hidden, alpha)  # GELU, norm2 pass; clone sums
+    r_mid += linear_relevance(blk.fc1, r_hidden, alpha)  # GELU, norm2 pass; clone sums
     r_x, r_branch = residual_relevance(blk.x, blk.attn_branch, r_mid)
     r_heads = blk.split_heads(linear_relevance(blk.proj, r_branch, alpha))
-    r_attn, r_v = product_relevance(blk.attention.detach(), blk.v, r_heads)
+    r_attn, r_v = product_relevance(blk.probabilities(), blk.v, r_heads)
+    if not need_input:
+        return None, r_attn, r_branch
     # softmax and attention dropout pass relevance; q kᵀ gets R(A) (the 1/sqrt(d) scale
     # cancels in the z-rule).
     r_q, r_k = product_relevance(blk.q, blk.k.transpose(-1, -2), r_attn)
     r_norm1 = linear_relevance(blk.qkv, blk.merge_qkv(r_q, r_k.transpose(-1, -2), r_v), alpha)
-    return r_x + r_norm1, r_attn, r_branch
+    return r_x.add_(r_norm1), r_attn, r_branch
 
 
 def embedding_relevance(emb: EmbeddingTrace, r_patches: Tensor) -> Tensor:
@@ -161,14 +179,12 @@ def embedding_relevance(emb: EmbeddingTrace, r_patches: Tensor) -> Tensor:
     return x * back(s, w) - low * back(s, pw) - high * back(s, nw)
 
 
-def propagate(
-    trace: LRPTrace, target: Tensor, alpha: float = 1.0, stop_at: int = 0, to_pixels: bool = False
-) -> Relevances:
-    """Propagate the one-hot relevance of class ``target`` ``(B,)`` from the logits down to
-    block ``stop_at`` (and, with ``to_pixels``, through the embedding to the image)."""
+def head_relevance(trace: LRPTrace, target: Tensor, alpha: float = 1.0) -> Tensor:
+    """Relevance ``(B, N, D)`` at the final-norm tokens of the one-hot logit of class
+    ``target`` ``(B,)``, through the head(s) and the token pooling (float32 or float64)."""
     heads = trace.heads()
     tokens = trace.tokens
-    dtype = torch.promote_types(tokens.dtype, torch.float32)
+    dtype = relevance_dtype(tokens.dtype)
     one_hot = F.one_hot(target.to(tokens.device), heads[0].logits.shape[-1]).to(dtype)
     if len(heads) == 2:
         rs = list(residual_relevance(heads[0].logits.to(dtype) / 2, heads[1].logits.to(dtype) / 2, one_hot))
@@ -176,27 +192,48 @@ def propagate(
         rs = [one_hot]
     r = torch.zeros_like(tokens, dtype=dtype)
     for head, r_logits in zip(heads, rs):  # fc_norm and head dropout pass relevance
-        r_pooled = linear_relevance(_cast(head.linear, dtype), r_logits, alpha)
+        r_pooled = linear_relevance(cast_trace(head.linear, dtype), r_logits, alpha)
         r = r + pooling_relevance(tokens.to(dtype), head.pool_weights.to(dtype), r_pooled)
-    out = Relevances(tokens=r, block_input=[], attention=[], attention_output=[])
-    blocks = trace.blocks()
-    n = len(blocks)
-    out.block_input, out.attention, out.attention_output = [None] * n, [None] * n, [None] * n
+    return r
+
+
+def relevance_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half precision (relevance accumulates in float32), else ``dtype``."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def propagate(
+    trace: LRPTrace, target: Tensor, alpha: float = 1.0, stop_at: int = 0, to_pixels: bool = False
+) -> Relevances:
+    """Propagate the one-hot relevance of class ``target`` ``(B,)`` from the logits down to
+    block ``stop_at`` (and, with ``to_pixels``, through the embedding to the image), keeping
+    every block's relevances (Transformer Attribution itself streams over the blocks)."""
+    r = head_relevance(trace, target, alpha)
+    dtype = r.dtype
+    n = len(trace.raw_blocks)
+    out = Relevances(tokens=r, block_input=[None] * n, attention=[None] * n, attention_output=[None] * n)
     for i in range(n - 1, stop_at - 1, -1):  # final norm: pass-through
-        r, r_attn, r_branch = block_relevance(_cast(blocks[i], dtype), r, alpha)
-        out.block_input[i], out.attention[i], out.attention_output[i] = r, r_attn, r_branch
+        r_in, r_attn, r_branch = block_relevance(cast_trace(trace.block(i), dtype), r, alpha)
+        assert r_in is not None
+        r = out.block_input[i] = r_in
+        out.attention[i], out.attention_output[i] = r_attn, r_branch
     if to_pixels:
         if stop_at != 0:
             raise ValueError("to_pixels needs stop_at=0")
-        emb = trace.embedding()
-        p = trace.adapter.num_prefix_tokens
-        # norm_pre and patch dropout pass relevance; prefix tokens' relevance is dropped
-        # (Chefer keeps cam[:, 1:]).
-        out.pixels = embedding_relevance(_cast(emb, dtype), r[:, p:])
+        out.pixels = pixel_relevance(trace, r)
     return out
 
 
-def _cast(obj: _T, dtype: torch.dtype) -> _T:
+def pixel_relevance(trace: LRPTrace, r_input: Tensor) -> Tensor:
+    """Block 0's input relevance ``(B, N, D)`` → pixel relevance ``(B, C, H, W)``."""
+    emb = trace.embedding()
+    p = trace.adapter.num_prefix_tokens
+    # norm_pre and patch dropout pass relevance; prefix tokens' relevance is dropped
+    # (Chefer keeps cam[:, 1:]).
+    return embedding_relevance(cast_trace(emb, r_input.dtype), r_input[:, p:])
+
+
+def cast_trace(obj: _T, dtype: torch.dtype) -> _T:
     """A copy of a trace dataclass with every floating tensor (nested ones too) in ``dtype``
     (half-precision models are propagated in float32)."""
     changes: dict[str, object] = {}
@@ -205,5 +242,5 @@ def _cast(obj: _T, dtype: torch.dtype) -> _T:
         if isinstance(v, Tensor) and v.is_floating_point():
             changes[f.name] = v.detach().to(dtype)
         elif isinstance(v, LinearInput):
-            changes[f.name] = _cast(v, dtype)
+            changes[f.name] = cast_trace(v, dtype)
     return replace(obj, **changes)  # type: ignore[type-var]

@@ -1,8 +1,16 @@
 """Shared steps of the attention-graph methods: record attention (and its gradient with
-respect to the target score) and read a token-relevance matrix at the classifier's rows."""
+respect to the target score) and read a token-relevance matrix at the classifier's rows.
+
+Two ways to record. :meth:`AttentionAttribution._attentions` keeps every block's
+``(B, heads, N, N)`` attention (and gradient), for methods that need them all at once.
+:meth:`AttentionAttribution._fused_attentions` and :meth:`AttentionAttribution._gradient_cams`
+keep only what a method reads: each block's head-reduced ``(B, N, N)`` matrix, reduced in the
+hook as the block runs (forward) or as its gradient arrives (backward), or only the readout
+row of a product of them, accumulated block by block."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -11,7 +19,7 @@ from torch import Tensor
 
 from captum_vit.attr._base import MapAttribution
 from captum_vit.kernels._common import accumulation_dtype
-from captum_vit.models.hooks import record_attention
+from captum_vit.models.hooks import AttentionRecord, record_attention
 from captum_vit.models.vit import ViTAdapter
 
 
@@ -34,6 +42,23 @@ class Attentions:
     pool_grad: Tensor | None = None
 
 
+#: ``product=`` values of the rollout-style methods: the readout rows only, or the whole matrix.
+PRODUCTS = ("row", "full")
+
+
+def check_product(product: str) -> str:
+    """Validate a ``product=`` argument; return it.
+
+    Examples
+    --------
+    >>> check_product("row")
+    'row'
+    """
+    if product not in PRODUCTS:
+        raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
+    return product
+
+
 def residual_normalized(relevance: Tensor) -> Tensor:
     """GAE's eqs. (8)-(9) (Chefer, Gur & Wolf, ICCV 2021): ``R̄ = norm_rows(R − I) + I``.
 
@@ -54,6 +79,35 @@ def residual_normalized(relevance: Tensor) -> Tensor:
     gained = relevance - eye
     total = gained.sum(dim=-1, keepdim=True)
     return torch.where(total == 0, gained, gained / torch.where(total == 0, 1, total)) + eye
+
+
+def residual_normalized_rows(weights: Tensor, cams: Sequence[Tensor]) -> Tensor:
+    """``weights @ residual_normalized(R)`` for GAE's ``R = (I + C_{L-1}) ... (I + C_0)``
+    (``cams`` ``C_l`` ``(B, N, N)``, non-negative, in block order; ``weights`` ``(B, N)``),
+    in ``O(L N^2)`` without forming ``R``.
+
+    The row sums of the gained part, ``t = (R - I) 1``, accumulate in block order
+    (``t <- t + C_l (1 + t)``); with ``u = w / t`` (``t = 0`` rows stay unscaled, as in
+    :func:`residual_normalized`) the gained rows ``u (R - I)`` accumulate from the last block
+    down (``g <- g + (u + g) C_l``), and the result is ``g + w``. Every step adds non-negative
+    terms, so, unlike ``R - I`` in floating point, nothing cancels.
+
+    Examples
+    --------
+    >>> c = [torch.rand(1, 4, 4), torch.rand(1, 4, 4)]
+    >>> r = (torch.eye(4) + c[1]) @ (torch.eye(4) + c[0])
+    >>> w = torch.full((1, 4), 0.25)
+    >>> torch.allclose(residual_normalized_rows(w, c), w @ residual_normalized(r), atol=1e-6)
+    True
+    """
+    t = torch.zeros_like(weights)
+    for cam in cams:
+        t = t + torch.bmm(cam, (1 + t)[..., None])[..., 0]
+    u = weights / torch.where(t == 0, 1, t)
+    g = torch.zeros_like(weights)
+    for cam in reversed(cams):
+        g = g + torch.bmm((u + g)[:, None], cam)[:, 0]
+    return g + weights
 
 
 class AttentionAttribution(MapAttribution):
@@ -103,13 +157,70 @@ class AttentionAttribution(MapAttribution):
         attn, grad = torch.stack([a.detach() for a in atts]).to(dt), torch.stack(grads[:n]).to(dt)
         if not pooled:
             return Attentions(attn, grad)
-        if not average:
-            return Attentions(attn, grad, pooled[0].detach()[:, :, 0].to(dt), grads[n][:, :, 0].to(dt))
-        weights = self._row_weights(attn[0, :, 0], None)  # (B, N): 1/n on the pooled tokens
-        tokens, tokens_grad = pooled[0].detach().to(dt), grads[n].to(dt)
+        pool, pool_grad = self._pool_with_grad(rec, pooled[0], grads[n], dt)
+        return Attentions(attn, grad, pool, pool_grad)
+
+    def _pool_with_grad(
+        self, rec: AttentionRecord, pooled: Tensor, grad: Tensor, dt: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """``(B, heads, N)`` pooling weights and the target score's gradient with respect to
+        them (see :class:`Attentions`), from what the pooling multiplies (``pooled``: the probe
+        attention, or the token states for average pooling) and its gradient."""
+        if rec.pool is not None:
+            return pooled.detach()[:, :, 0].to(dt), grad[:, :, 0].to(dt)
+        tokens, tokens_grad = pooled.detach().to(dt), grad.to(dt)
+        weights = self._row_weights(tokens[..., 0], None)  # (B, N): 1/n on the pooled tokens
         # y depends on a_j through p = Σ a_j t_j: ∂y/∂a_j = <∂y/∂p, t_j> = <∂y/∂t_j, t_j> / a_j
         grad_a = torch.where(weights > 0, (tokens_grad * tokens).sum(-1) / weights.clamp_min(1e-30), 0.0)
-        return Attentions(attn, grad, weights[:, None], grad_a[:, None])
+        return weights[:, None], grad_a[:, None]
+
+    def _fused_attentions(
+        self, x: Tensor, forward_args: tuple[Any, ...], fuse: Callable[[Tensor], Tensor], blocks: Sequence[int]
+    ) -> tuple[list[Tensor], Tensor | None]:
+        """One forward pass without gradients: ``fuse`` of each of ``blocks``' attention
+        (``(B, heads, N, N)`` in the accumulation dtype → ``(B, N, N)``), applied in the hook so
+        the per-head attention is freed as the block ends, in the order of ``blocks``; and
+        the pool's probe attention ``(B, heads, N)`` (``None`` without attention pooling)."""
+        self._check_readout()
+
+        def reduce(_i: int, attn: Tensor) -> Tensor:
+            return fuse(attn.to(accumulation_dtype(attn.dtype)))
+
+        with torch.no_grad(), record_attention(self.vit, detach=True, blocks=blocks, reduce=reduce) as rec:
+            self._forward(x, forward_args)
+        fused = [rec.attentions[i % self.vit.num_blocks] for i in blocks]
+        assert all(f is not None for f in fused)
+        pool = None if rec.pool is None else rec.pool[:, :, 0].to(accumulation_dtype(rec.pool.dtype))
+        return [f for f in fused if f is not None], pool
+
+    def _gradient_cams(
+        self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...], on_cam: Callable[[int, Tensor], None]
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """One forward and one backward pass that hand each block's GAE rule 5,
+        ``mean_h((∇A ⊙ A)^+)`` ``(B, N, N)``, to ``on_cam(block, cam)`` as the block's gradient
+        arrives (last block first): no block's per-head gradient outlives its backward step.
+        Returns the pooling weights and their gradient ``(B, heads, N)`` as
+        :meth:`_attentions` does (``(None, None)`` for token readouts)."""
+        self._check_readout()
+        ro = self.vit.readout
+        average = ro.rows is None and not ro.attention_pool
+
+        def on_grad(i: int, attn: Tensor, grad: Tensor) -> None:
+            dt = accumulation_dtype(attn.dtype)
+            cam = grad.to(dt) * attn.to(dt)
+            on_cam(i, cam.clamp_(min=0).mean(dim=-3))
+
+        with record_attention(self.vit, tokens=average, on_grad=on_grad) as rec:
+            logits = self._forward(x.requires_grad_(True), forward_args)
+            score, _ = self._target_score(logits, target)
+            pooled = [t for t in (rec.pool, rec.tokens) if t is not None]
+            # block 0's gradient needs every later block's: the backward runs through every hook
+            assert rec.attentions[0] is not None
+            grads = torch.autograd.grad(score, [rec.attentions[0], *pooled], allow_unused=True)
+        if not pooled:
+            return None, None
+        grad = grads[1] if grads[1] is not None else torch.zeros_like(pooled[0])
+        return self._pool_with_grad(rec, pooled[0], grad, accumulation_dtype(pooled[0].dtype))
 
     def _read_rows(
         self, matrix: Tensor, image_size: tuple[int, int], pool_row: Tensor | None = None, residual: bool = False

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from captum_vit.attr._base import OutputFn, warn_if_empty
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
+from captum_vit.kernels._common import accumulation_dtype
+from captum_vit.models.hooks import record_attention
 
 
 @register_method("attention_gradcam")
@@ -48,13 +50,23 @@ class AttentionGradCAM(AttentionAttribution):
         super().__init__(model, interpolate_mode, output_fn)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        rec = self._attentions(x, target, forward_args, gradients=True)
-        assert rec.grad is not None
-        pool_row = None if rec.pool is None else rec.pool.mean(dim=1)
-        w = self._row_weights(rec.attn[-1, :, 0], pool_row)  # (B, N)
+        self._check_readout()
+        last = self.vit.num_blocks - 1
+        # The last attention as a leaf of its own: the backward stops there, whatever the
+        # model's parameters require (it was run through every block before, 2.2x a forward).
+        leaf = {last: lambda a: a.detach().requires_grad_(True)}
+        with record_attention(self.vit, override=leaf, blocks=[last]) as rec:
+            score, _ = self._target_score(self._forward(x, forward_args), target)
+            attn = rec.attentions[last]
+            assert attn is not None
+            (grad,) = torch.autograd.grad(score, [attn], allow_unused=True)
+        dt = accumulation_dtype(attn.dtype)
+        attn, grad = attn.detach().to(dt), (torch.zeros_like(attn) if grad is None else grad).to(dt)
+        pool_row = None if rec.pool is None else rec.pool.detach()[:, :, 0].to(dt).mean(dim=1)
+        w = self._row_weights(attn[:, 0], pool_row)  # (B, N)
         p = self.vit.num_prefix_tokens
-        a_row = torch.einsum("bn,bhnm->bhm", w, rec.attn[-1])[..., p:]  # (B, heads, patches)
-        g_row = torch.einsum("bn,bhnm->bhm", w, rec.grad[-1])[..., p:]
+        a_row = torch.einsum("bn,bhnm->bhm", w, attn)[..., p:]  # (B, heads, patches)
+        g_row = torch.einsum("bn,bhnm->bhm", w, grad)[..., p:]
         cam = (a_row * g_row.mean(dim=-1, keepdim=True)).mean(dim=1).clamp(min=0)
         warn_if_empty(cam, "AttentionGradCAM", "every patch's head-weighted attention is negative for the target")
         h, ww = self.vit.grid_size((x.shape[-2], x.shape[-1]))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from captum_vit.attr._base import OutputFn
 from captum_vit.attr._registry import register_method
-from captum_vit.attr._vit_common import AttentionAttribution
-from captum_vit.kernels._common import check_impl
-from captum_vit.kernels.rollout import attention_rollout
+from captum_vit.attr._vit_common import AttentionAttribution, check_product, residual_normalized_rows
+from captum_vit.kernels._common import accumulation_dtype, check_impl
+from captum_vit.kernels.rollout import attention_rollout, rollout_row_step
 
 
 @register_method("gae")
@@ -35,6 +36,16 @@ class GenericAttention(AttentionAttribution):
     impl : str
         Rollout kernel: ``"auto"`` (Triton on CUDA tensors), ``"reference"`` or ``"triton"``;
         ``R <- R + Ā R`` is the product of the unnormalised ``(I + Ā)`` factors.
+    product : str
+        ``"row"`` (default): only the rows of ``R`` the map reads. Each block's ``Ā`` is
+        computed in a hook as soon as its gradient arrives in the backward pass, last block
+        first, which is the order the row chain ``r (I + Ā_{L-1}) ... (I + Ā_0)`` consumes
+        them: for token readouts ``r`` accumulates there and no block's ``Ā`` is kept;
+        pooled readouts, whose ``R̄`` needs the row sums of ``R`` (a chain in block order),
+        keep each block's ``(B, N, N)`` ``Ā`` and take both chains afterwards
+        (:func:`~captum_vit.attr._vit_common.residual_normalized_rows`). ``O(N^2)`` per block.
+        ``"full"``: every block's attention and gradient, then the ``(B, N, N)`` product
+        (``O(N^3)`` per block). Same maps up to rounding (``tests/attr/test_row_form.py``).
 
     References
     ----------
@@ -54,17 +65,49 @@ class GenericAttention(AttentionAttribution):
         self,
         model: nn.Module,
         impl: str = "auto",
+        product: str = "row",
         interpolate_mode: str | None = None,
         output_fn: OutputFn | None = None,
     ) -> None:
         super().__init__(model, interpolate_mode, output_fn)
         self.impl = check_impl(impl)
+        self.product = check_product(product)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        rec = self._attentions(x, target, forward_args, gradients=True)
-        assert rec.grad is not None
-        # rule 5 per head, then rule 6: R = prod_l (I + mean_h (grad * A)^+), starting from I.
-        cams = (rec.grad * rec.attn).clamp(min=0)
-        r = attention_rollout(cams, head_fusion="mean", impl=self.impl, row_normalize=False)
-        pool_row = None if rec.pool is None else (rec.pool_grad * rec.pool).clamp(min=0).mean(dim=1)  # type: ignore[operator]
-        return self._read_rows(r, (x.shape[-2], x.shape[-1]), pool_row, residual=True)
+        size = (x.shape[-2], x.shape[-1])
+        if self.product == "full":
+            rec = self._attentions(x, target, forward_args, gradients=True)
+            assert rec.grad is not None
+            # rule 5 per head, then rule 6: R = prod_l (I + mean_h (grad * A)^+), starting from I.
+            cams = (rec.grad * rec.attn).clamp(min=0)
+            r = attention_rollout(cams, head_fusion="mean", impl=self.impl, row_normalize=False)
+            pool_row = None if rec.pool is None else (rec.pool_grad * rec.pool).clamp(min=0).mean(dim=1)  # type: ignore[operator]
+            return self._read_rows(r, size, pool_row, residual=True)
+        if self.vit.readout.rows is not None:
+            return self._token_rows(x, target, forward_args)
+        kept: dict[int, Tensor] = {}
+        pool, pool_grad = self._gradient_cams(x, target, forward_args, kept.__setitem__)
+        assert pool is not None and pool_grad is not None
+        pool_row = (pool_grad * pool).clamp(min=0).mean(dim=1)
+        rows = residual_normalized_rows(pool_row, [kept.pop(i) for i in sorted(kept)])
+        return self.vit.patch_columns(rows, size)
+
+    def _token_rows(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
+        """A class/distillation-token readout's rows ``r R``: rule 6 as ``r <- r (I + Ā)``,
+        applied in the backward hooks as each block's ``Ā`` arrives, last block first."""
+        rows: list[Tensor] = []
+        previous = [self.vit.num_blocks]
+
+        def on_cam(i: int, cam: Tensor) -> None:
+            if i >= previous[0]:
+                raise RuntimeError(f"block {i}'s attention gradient arrived after block {previous[0]}'s")
+            previous[0] = i
+            r = rows.pop() if rows else self._row_weights(cam[:, 0], None)
+            rows.append(rollout_row_step(r, cam, impl=self.impl, row_normalize=False))
+
+        self._gradient_cams(x, target, forward_args, on_cam)
+        size = (x.shape[-2], x.shape[-1])
+        if not rows:  # no block's attention reached the score: R = I has no patch relevance
+            dt = accumulation_dtype(x.dtype)
+            return torch.zeros((x.shape[0], *self.vit.grid_size(size)), dtype=dt, device=x.device)
+        return self.vit.patch_columns(rows[0], size)

@@ -1,4 +1,5 @@
-"""Grad-CAM for CNN explainees (Selvaraju et al., ICCV 2017), the CNN baseline of IIA/EEA."""
+"""Grad-CAM for CNN and hierarchical-transformer explainees (Selvaraju et al., ICCV 2017), the
+CNN baseline of IIA/EEA."""
 
 from __future__ import annotations
 
@@ -21,9 +22,15 @@ class GradCAM(MapAttribution):
     Parameters
     ----------
     model : nn.Module
-        A timm ResNet-family CNN.
+        A feature backbone (:class:`~captum_vit.models.cnn.CNNAdapter`): a timm CNN (ResNet,
+        ConvNeXt, EfficientNet, RegNet, ...), a torchvision ResNet, or a hierarchical
+        transformer (Swin, PVT-v2).
     layer : nn.Module or str, optional
-        The feature layer (default: the last stage, as pytorch-grad-cam's ResNet recipe).
+        The feature layer, a submodule of ``model`` or its dotted name, whose output is a 4-D
+        feature map (Swin's stages and blocks give ``(B, h, w, C)``, read as ``(B, C, h, w)``;
+        :meth:`~captum_vit.models.cnn.CNNAdapter.layout_of`).
+        Default: the last feature stage the model declares (timm's ``feature_info``; the
+        ResNets' ``layer4``, as pytorch-grad-cam's ResNet recipe).
     interpolate_mode : str, optional
         Upsampling of the feature map (default bilinear).
     output_fn : callable, optional
@@ -43,6 +50,8 @@ class GradCAM(MapAttribution):
     >>> m = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
     >>> GradCAM(m).attribute(torch.rand(2, 3, 64, 64), target=[0, 2], return_patch_map=True).shape
     torch.Size([2, 2, 2])
+    >>> GradCAM(m, layer="layer3").attribute(torch.rand(1, 3, 64, 64), return_patch_map=True).shape
+    torch.Size([1, 4, 4])
     """
 
     model_kinds: ClassVar[tuple[str, ...]] = ("cnn",)
@@ -61,14 +70,20 @@ class GradCAM(MapAttribution):
         self.layer_name = layer_path(self.adapter.model, layer)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        with record_activations([self.adapter.model.get_submodule(self.layer_name)]) as store:
+        cnn = self.adapter
+        assert isinstance(cnn, CNNAdapter)
+        layer = cnn.model.get_submodule(self.layer_name)
+        with record_activations([layer]) as store:
             logits = self._forward(x.requires_grad_(True), forward_args)
-            act = store[0]
-            if act is None or act.dim() != 4:
-                raise ValueError("layer must output (batch, channels, height, width) feature maps")
+            out = store[0]
+            if out is None or out.dim() != 4:
+                got = "no output" if out is None else f"shape {tuple(out.shape)}"
+                raise ValueError(f"layer {self.layer_name!r} must output 4-D feature maps, got {got}")
             score, _ = self._target_score(logits, target)
-            (grad,) = torch.autograd.grad(score, act)
+            (grad,) = torch.autograd.grad(score, out)
+        layout = cnn.layout_of(layer)  # Swin's stages are (B, h, w, C)
+        act, grad = cnn.to_nchw(out.detach(), layout), cnn.to_nchw(grad, layout)
         weights = grad.mean(dim=(2, 3), keepdim=True)
-        cam = (weights * act.detach()).sum(dim=1).clamp(min=0)
+        cam = (weights * act).sum(dim=1).clamp(min=0)
         warn_if_empty(cam, "GradCAM", "the gradient-weighted feature maps are negative everywhere")
         return cam

@@ -327,17 +327,17 @@ class IIA(AttentionAttribution):
         refs: list[Tensor] = []
 
         def substitute(u: Tensor) -> Tensor:
-            u = u.detach()
+            u = self.cnn.to_nchw(u.detach())  # Swin's stages are (B, h, w, C)
             if released:
-                return u.clone().requires_grad_(True)
+                return self.cnn.from_nchw(u.clone().requires_grad_(True))
             r = u.amin(dim=(2, 3), keepdim=True)  # the paper's per-channel minimum reference
             refs.append(r)
-            return (r + scales[:, :1, None, None].to(u.dtype) * (u - r)).requires_grad_(True)
+            return self.cnn.from_nchw((r + scales[:, :1, None, None].to(u.dtype) * (u - r)).requires_grad_(True))
 
         with override_output(self.cnn.stages[self.feature_layer], substitute) as replaced:
             logits = self._forward(xs, forward_args)
             score = logits.gather(1, target[:, None]).sum()
             (grad,) = torch.autograd.grad(score, replaced)
-        v = replaced[0].detach()
+        grad, v = self.cnn.to_nchw(grad), self.cnn.to_nchw(replaced[0].detach())
         integrand = grad * v.clamp(min=0) if released else grad * (v - refs[-1])
         return integrand.sum(dim=1)

@@ -38,7 +38,8 @@ class LTX(MapAttribution):
     multiplies the image in pixel space (``x · std + mean``), masked-out pixels show
     ``baseline`` (black), and the explainee classifies the renormalised product. Finetuning
     runs ``finetune_steps`` Adam steps of the LTX loss (:mod:`captum_vit.explainers.ltx_objective`) on
-    each image's own copy of the explainer, for the whole batch at once.
+    each image's own copy of the explainer, for groups of images at once (sized by
+    ``memory_budget``; the grouping does not change any image's map).
 
     Parameters
     ----------
@@ -68,6 +69,14 @@ class LTX(MapAttribution):
         The explainee's input normalisation (default ``model.pretrained_cfg``'s).
     interpolate_mode : str, optional
         Upsampling of the returned map (bilinear, as the mask the explainee saw).
+    memory_budget : float
+        Bytes one group of images may hold during finetuning, by the estimate of
+        :func:`~captum_vit.explainers.ltx_objective.finetune_bytes_per_image` (four copies of
+        the explainer's trainable weights per image plus one explainer and one explainee
+        forward's activations: 550 MB for ViT-S/16, measured 560 MB). Default 2 GiB: three
+        ViT-S/16 images per group, one ViT-B/16 image (at least one).
+    images_per_group : int, optional
+        Images finetuned together, overriding ``memory_budget``.
     output_fn : callable, optional
         See :class:`~captum_vit.attr.MapAttribution`; the loss is the cross-entropy of its
         scores, so it should return several class scores.
@@ -79,7 +88,8 @@ class LTX(MapAttribution):
     Raises
     ------
     ValueError
-        ``finetune_steps < 0``, a bad ``mask_loss`` or ``finetune_lr``, an explainer whose
+        ``finetune_steps < 0``, a bad ``mask_loss``, ``finetune_lr``, ``memory_budget`` or
+        ``images_per_group``, an explainer whose
         architecture or weights belong to another model (the message names both weight
         fingerprints).
 
@@ -116,6 +126,8 @@ class LTX(MapAttribution):
         std: Any = None,
         interpolate_mode: str | None = None,
         output_fn: OutputFn | None = None,
+        memory_budget: float = 2.0**31,
+        images_per_group: int | None = None,
     ) -> None:
         super().__init__(model, interpolate_mode, output_fn)
         steps = self.default_finetune_steps if finetune_steps is None else finetune_steps
@@ -125,6 +137,13 @@ class LTX(MapAttribution):
             raise ValueError(f"finetune_lr must be a positive number, got {finetune_lr!r}")
         if mask_loss not in MASK_LOSSES:
             raise ValueError(f"mask_loss must be one of {MASK_LOSSES}, got {mask_loss!r}")
+        if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not memory_budget > 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+        if images_per_group is not None and (
+            isinstance(images_per_group, bool) or not isinstance(images_per_group, int) or images_per_group < 1
+        ):
+            raise ValueError(f"images_per_group must be None or a positive int, got {images_per_group!r}")
+        self.memory_budget, self.images_per_group = float(memory_budget), images_per_group
         self.explainer = load_ltx_explainer(explainer, self.adapter.model)  # a compiled model's own module
         self.finetune_steps, self.finetune_lr, self.select_by_pos_auc = steps, float(finetune_lr), select_by_pos_auc
         self.mask_weight = default_mask_weight(self.explainer) if mask_weight is None else float(mask_weight)
@@ -162,7 +181,15 @@ class LTX(MapAttribution):
         with torch.no_grad():
             tgt = resolve_targets(target, self._forward(x, forward_args))
         return finetune_masks(
-            explainer, objective, pixels, tgt, self.finetune_steps, self.finetune_lr, self.select_by_pos_auc
+            explainer,
+            objective,
+            pixels,
+            tgt,
+            self.finetune_steps,
+            self.finetune_lr,
+            self.select_by_pos_auc,
+            images_per_group=self.images_per_group,
+            memory_budget=self.memory_budget,
         )
 
 

@@ -23,7 +23,7 @@ from captum_vit.attr._targets import resolve_targets
 from captum_vit.attr._vit_common import AttentionAttribution
 from captum_vit.kernels import attention_graph_centralities
 from captum_vit.kernels._common import HEAD_FUSIONS, check_head_fusion, check_impl
-from captum_vit.models.hooks import keep_patch_tokens, record_attention
+from captum_vit.models.hooks import keep_patch_tokens, mask_patch_tokens, record_attention
 
 #: The nine cross-layer statistics of docs/methods.md §4.1 step 5, in this order.
 STATISTICS = ("coherence", "max", "min", "sum", "std", "sum_std", "median", "skewness", "kurtosis")
@@ -31,6 +31,8 @@ STATISTICS = ("coherence", "max", "min", "sum", "std", "sum_std", "median", "ske
 CENTRALITIES = ("in", "out")
 #: How the ``median`` statistic treats an even layer count (see :func:`node_statistics`).
 MEDIANS = ("lower", "mean_of_middle")
+#: Copies of one image's attention probabilities the graph stage holds at once (measured).
+GRAPH_COPIES = 4
 
 
 def node_statistics(centrality: Tensor, median: str = "lower") -> Tensor:
@@ -216,7 +218,8 @@ class MUTEX(AttentionAttribution):
     starting_layer : int
         First block whose graph enters the statistics (default 0).
     internal_batch_size : int
-        Most masked sequences per scoring forward (bounds memory; 1 = one mask at a time).
+        Most masked sequences per scoring forward (bounds the scoring's memory whatever the
+        batch size; 1 = one mask at a time).
     head_fusions : sequence of str
         Head-fusion operators, each one multiplex (default ``("min", "max", "sum")``).
     interpolate_mode : str, optional
@@ -233,6 +236,11 @@ class MUTEX(AttentionAttribution):
     output_fn : callable, optional
         See :class:`~captum_vit.attr.MapAttribution`; the masks are scored by the softmax of
         its scores, so it should return several class scores.
+    memory_budget : float
+        Bytes of attention graphs held at once: the graphs (and masks) are built for as many
+        images at a time as fit, ``GRAPH_COPIES`` copies of an image's ``(L, heads, N, N)``
+        probabilities each (ViT-S/16 at 224 px: 45 MB, so 23 images per group with the
+        default 1 GiB; at least one). The result does not depend on it.
 
     Raises
     ------
@@ -267,6 +275,7 @@ class MUTEX(AttentionAttribution):
         impl: str = "auto",
         median: str = "lower",
         output_fn: OutputFn | None = None,
+        memory_budget: float = 2.0**30,
     ) -> None:
         super().__init__(model, interpolate_mode, output_fn)
         n = self.vit.num_blocks
@@ -288,6 +297,9 @@ class MUTEX(AttentionAttribution):
         if median not in MEDIANS:
             raise ValueError(f"median must be one of {MEDIANS}, got {median!r}")
         self.median = median
+        if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not memory_budget > 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+        self.memory_budget = float(memory_budget)
 
     @property
     def mask_names(self) -> list[str]:
@@ -320,7 +332,9 @@ class MUTEX(AttentionAttribution):
                 args = tuple(
                     a[bi] if isinstance(a, Tensor) and a.dim() and a.shape[0] == b else a for a in forward_args
                 )
-                with keep_patch_tokens(self.vit, keep):
+                # masking out of every attention computes the same where removal cannot be done
+                drop = keep_patch_tokens if self.vit.supports_token_removal else mask_patch_tokens
+                with drop(self.vit, keep):
                     logits = self._forward(x[bi], args)
                 probs[bi, mi] = logits.float().softmax(-1).gather(1, targets[bi, None]).squeeze(1)
         return probs
@@ -348,12 +362,29 @@ class MUTEX(AttentionAttribution):
         with self._explaining(), torch.no_grad():
             x = _usable(x)
             additional_forward_args = tuple(_usable(a) for a in additional_forward_args)
-            with record_attention(self.vit, detach=True) as rec:
-                logits = self._forward(x, additional_forward_args)
-            targets = resolve_targets(target, logits)
-            masks = self._masks(rec.stacked())
+            parts = [self._graph_masks(x, target, additional_forward_args, rows) for rows in self._image_groups(x)]
+            masks, targets = torch.cat([m for m, _ in parts]), torch.cat([t for _, t in parts])
             probs = self._score_masks(x, masks, targets, additional_forward_args)
         return MutexMasks(masks, probs, self.mask_names, targets)
+
+    def _image_groups(self, x: Tensor) -> list[slice]:
+        """Consecutive images whose attention graphs fit ``memory_budget`` together."""
+        h, w = self.vit.grid_size((x.shape[-2], x.shape[-1]))
+        n = self.vit.num_prefix_tokens + h * w
+        # the recorded probabilities, their stacked copy and the kernel's temporaries
+        per_image = GRAPH_COPIES * self.vit.num_blocks * self.vit.num_heads * n * n * x.element_size()
+        size = max(1, int(self.memory_budget // per_image))
+        return [slice(s, s + size) for s in range(0, x.shape[0], size)]
+
+    def _graph_masks(
+        self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...], rows: slice
+    ) -> tuple[Tensor, Tensor]:
+        """The masks ``(b, M, n)`` and explained classes ``(b,)`` of the images ``x[rows]``."""
+        b = x.shape[0]
+        args = tuple(a[rows] if isinstance(a, Tensor) and a.dim() and a.shape[0] == b else a for a in forward_args)
+        with record_attention(self.vit, detach=True) as rec:
+            logits = self._forward(x[rows], args)
+        return self._masks(rec.stacked()), resolve_targets(None if target is None else target[rows], logits)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
         h, w = self.vit.grid_size((x.shape[-2], x.shape[-1]))

@@ -53,7 +53,9 @@ class RawAttention(AttentionAttribution):
         self.head_fusion = check_head_fusion(head_fusion)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        rec = self._attentions(x, target, forward_args, gradients=False)
-        fused = fuse_heads(rec.attn[self.layer].clamp(min=0), self.head_fusion)
-        pool_row = None if rec.pool is None else fuse_heads(rec.pool[:, :, None], self.head_fusion)[:, 0]
+        # only the one block is kept, fused over heads in its hook
+        (fused,), pool = self._fused_attentions(
+            x, forward_args, lambda a: fuse_heads(a.clamp(min=0), self.head_fusion), [self.layer]
+        )
+        pool_row = None if pool is None else fuse_heads(pool[:, :, None], self.head_fusion)[:, 0]
         return self._read_rows(fused, (x.shape[-2], x.shape[-1]), pool_row)

@@ -8,9 +8,9 @@ from torch import Tensor, nn
 
 from captum_vit.attr._base import OutputFn
 from captum_vit.attr._registry import register_method
-from captum_vit.attr._vit_common import AttentionAttribution
+from captum_vit.attr._vit_common import AttentionAttribution, check_product
 from captum_vit.kernels._common import check_head_fusion, check_impl, fuse_heads
-from captum_vit.kernels.rollout import attention_rollout
+from captum_vit.kernels.rollout import attention_rollout, rollout_row_step
 
 
 @register_method("rollout")
@@ -35,6 +35,12 @@ class AttentionRollout(AttentionAttribution):
         the identity (jacobgil/vit-explain; default 0, the paper).
     impl : str
         Rollout kernel: ``"auto"`` (Triton on CUDA tensors), ``"reference"`` or ``"triton"``.
+    product : str
+        ``"row"`` (default): only the classifier's row(s) ``r`` of the product, as the chain
+        ``r A'_{L-1} ... A'_{start}`` of vector-matrix products (``O(N^2)`` per block), each
+        block's attention fused over heads in its forward hook and then dropped; ``"full"``:
+        the ``(B, N, N)`` product of every block's factor (``O(N^3)`` per block), then its
+        rows. Both give the same map up to rounding (``tests/attr/test_row_form.py``).
 
     Not class-specific: ``target`` is validated but does not change the map.
 
@@ -58,6 +64,7 @@ class AttentionRollout(AttentionAttribution):
         head_fusion: str = "mean",
         discard_ratio: float = 0.0,
         impl: str = "auto",
+        product: str = "row",
         interpolate_mode: str | None = None,
         output_fn: OutputFn | None = None,
     ) -> None:
@@ -70,9 +77,19 @@ class AttentionRollout(AttentionAttribution):
         self.start_layer, self.discard_ratio = start_layer, discard_ratio
         self.head_fusion = check_head_fusion(head_fusion)
         self.impl = check_impl(impl)
+        self.product = check_product(product)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
-        rec = self._attentions(x, target, forward_args, gradients=False)
-        joint = attention_rollout(rec.attn, self.start_layer, self.head_fusion, self.discard_ratio, self.impl)
-        pool_row = None if rec.pool is None else fuse_heads(rec.pool[:, :, None], self.head_fusion)[:, 0]
-        return self._read_rows(joint, (x.shape[-2], x.shape[-1]), pool_row)
+        size = (x.shape[-2], x.shape[-1])
+        if self.product == "full":
+            rec = self._attentions(x, target, forward_args, gradients=False)
+            joint = attention_rollout(rec.attn, self.start_layer, self.head_fusion, self.discard_ratio, self.impl)
+            pool_row = None if rec.pool is None else fuse_heads(rec.pool[:, :, None], self.head_fusion)[:, 0]
+            return self._read_rows(joint, size, pool_row)
+        blocks = range(self.start_layer, self.vit.num_blocks)
+        fused, pool = self._fused_attentions(x, forward_args, lambda a: fuse_heads(a, self.head_fusion), blocks)
+        pool_row = None if pool is None else fuse_heads(pool[:, :, None], self.head_fusion)[:, 0]
+        rows = self._row_weights(fused[-1][:, 0], pool_row)
+        while fused:  # last block first; each factor is freed once used
+            rows = rollout_row_step(rows, fused.pop(), self.discard_ratio, self.impl)
+        return self.vit.patch_columns(rows, size)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_vit.attr._lrp import propagate
+from captum_vit.attr._lrp import cast_trace, block_relevance, head_relevance, pixel_relevance
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
 from captum_vit.kernels._common import check_impl, fuse_heads
@@ -127,34 +127,43 @@ class TransformerAttribution(AttentionAttribution):
         self.impl = check_impl(impl)
 
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
+        n = self.vit.num_blocks
         needs_grad = self.method == "transformer_attribution"
+        average = self.vit.readout.rows is None
+        # the lowest block whose relevance is read: LRP below it is never computed
+        lowest = {"last_layer": n - 1, "full": 0}.get(self.method, self.start_layer)
+        grads: list[Tensor] = []
         with torch.set_grad_enabled(needs_grad), record_lrp_trace(self.vit) as trace:
             # the input needs a gradient only so attention is in the graph for a frozen model
             logits = self._forward(x.requires_grad_(needs_grad), forward_args)
             score, idx = self._target_score(logits, target)
-            blocks = trace.blocks()
-            average = self.vit.readout.rows is None
-            wrt = [b.attention for b in blocks[self.start_layer :]] + ([trace.tokens_in_graph] if average else [])
-            grads = list(torch.autograd.grad(score, wrt)) if needs_grad else None
-        stop = {"transformer_attribution": self.start_layer, "rollout": self.start_layer, "last_layer": -1}
-        rel = propagate(
-            trace, idx, self.alpha, stop_at=stop.get(self.method, 0) % len(blocks), to_pixels=self.method == "full"
-        )
+            if needs_grad:  # one backward for every block's ∂y/∂O (and the pooled tokens)
+                wrt = [trace.attention_output(i) for i in range(lowest, n)]
+                grads = list(torch.autograd.grad(score, wrt + ([trace.tokens_in_graph] if average else [])))
+        del logits, score
+        r = head_relevance(trace, idx, self.alpha)
+        pool_row = self._pool_row(trace.tokens, r, grads.pop() if grads and average else None)
+        cams: list[Tensor] = []  # (B, N, N) per block from the top, heads already fused
+        for i in range(n - 1, lowest - 1, -1):
+            blk = cast_trace(trace.block(i), r.dtype)
+            r_in, r_attn, _ = block_relevance(blk, r, self.alpha, need_input=i > lowest or self.method == "full")
+            if grads:  # eq. 13 before the head mean: (∇A ⊙ R(A))⁺, ∇A = (∂y/∂O) vᵀ per head
+                grad_a = blk.split_heads(grads.pop().to(r.dtype)) @ blk.v.transpose(-1, -2)
+                r_attn = grad_a.mul_(r_attn)
+            if self.method != "full":
+                cams.append(fuse_heads(r_attn.clamp_(min=0)))
+            trace.release(i)
+            r = r_in if r_in is not None else r
+            del blk, r_attn
         if self.method == "full":
-            assert rel.pixels is not None
-            return rel.pixels.sum(dim=1)[..., : x.shape[-2], : x.shape[-1]]
+            return pixel_relevance(trace, r).sum(dim=1)[..., : x.shape[-2], : x.shape[-1]]
         size = (x.shape[-2], x.shape[-1])
-        r_attn = [r for r in rel.attention if r is not None]
-        pool_row = self._pool_row(trace.tokens, rel.tokens, grads.pop() if grads and average else None)
         if self.method == "last_layer":
-            return self._read_rows(fuse_heads(r_attn[-1].clamp(min=0)), size, pool_row)
-        if grads is not None:  # eq. 13 before the head mean: (∇A ⊙ R(A))⁺ per head
-            cams = [(g.to(r.dtype) * r).clamp(min=0) for g, r in zip(grads, r_attn)]
-        else:
-            cams = [r.clamp(min=0) for r in r_attn]
+            return self._read_rows(cams[0], size, pool_row)
         # eq. 14: Ā_l = I + mean_heads(cam_l), multiplied from start_layer to the last block
+        # (the heads are fused already: a single "head" goes through the rollout kernel)
         joint = attention_rollout(
-            torch.stack(cams), head_fusion="mean", impl=self.impl, row_normalize=self.normalize_rows
+            torch.stack(cams[::-1])[:, :, None], head_fusion="mean", impl=self.impl, row_normalize=self.normalize_rows
         )
         return self._read_rows(joint, size, pool_row, residual=not self.normalize_rows)
 

@@ -145,7 +145,8 @@ class DiffMaskGates(nn.Module):
     def gate_logits(self, model: nn.Module, x: Tensor, forward_args: tuple[Any, ...] = ()) -> Tensor:
         """Run ``model`` once (without gradient) and return the ``(states, B, patches)`` gate
         logits; :meth:`logits_and_output` also returns the model output."""
-        return self.logits_and_output(model, x, forward_args)[0]
+        # the output is not read: an embedding model's (no logits) needs no output_fn here
+        return self._logits_and_raw_output(model, x, forward_args, prefix=False)[0]
 
     def logits_and_output(
         self, model: nn.Module, x: Tensor, forward_args: tuple[Any, ...] = (), prefix: bool = False
@@ -159,10 +160,16 @@ class DiffMaskGates(nn.Module):
         too, read from the raw prefix-token parameters at state 0, as the official code does;
         their only use is the official L0 term (``DiffMaskObjective(l0_positions="all")``).
         """
+        logits, out = self._logits_and_raw_output(model, x, forward_args, prefix)
+        return logits, model_logits(out)
+
+    def _logits_and_raw_output(
+        self, model: nn.Module, x: Tensor, forward_args: tuple[Any, ...], prefix: bool
+    ) -> tuple[Tensor, Any]:
         adapter = self.check_model(model)
         p = adapter.num_prefix_tokens
         with torch.no_grad(), record_hidden_states(adapter) as hs:
-            out = model_logits(model(x, *forward_args))
+            out = model(x, *forward_args)
         states = [s for s in hs.states if s is not None]
         if len(states) != len(self.gates):
             raise RuntimeError(f"recorded {len(states)} hidden states, expected {len(self.gates)}")
@@ -219,9 +226,7 @@ class DiffMaskGates(nn.Module):
 def _prefix_parameters(model: nn.Module, count: int) -> Tensor:
     """The raw prefix tokens ``(1, count, d)`` in timm's order (class, distillation, registers):
     what the official code prepends to the patch embeddings to gate the prefix positions."""
-    parts = [getattr(model, n, None) for n in ("cls_token", "dist_token", "reg_token")]
-    tokens = [t for t in parts if isinstance(t, Tensor)]
-    out = torch.cat(tokens, 1) if tokens else torch.zeros(1, 0, _token_width(ViTAdapter(model)))
+    out = ViTAdapter(model).prefix_token_parameters()
     if out.shape[1] != count:
         raise ValueError(f"found {out.shape[1]} prefix-token parameters, the model uses {count} prefix tokens")
     return out

@@ -9,10 +9,11 @@ never touched.
 * :class:`ViTExplainer`: the explainee's timm ViT (classifier head removed) with frozen
   patch/position embeddings and prefix tokens; a per-patch head Linear(d, d) → tanh →
   Linear(d, 1) on the final (normed) patch tokens.
-* :class:`CNNExplainer` (EEA): the explainee's timm ResNet up to its last stage
-  (``forward_features``) and a 1×1 convolution to one channel. The backbone's BatchNorm
-  layers always run in eval mode (their statistics frozen, as the official code), while its
-  weights stay trainable.
+* :class:`CNNExplainer` (EEA): the explainee (any feature backbone: CNN or hierarchical
+  transformer, :class:`~captum_vit.models.cnn.CNNAdapter`) cut after its feature stage (the
+  last by default), whose ``(B, C, h, w)`` features go to a 1×1 convolution to one channel.
+  The backbone's BatchNorm layers always run in eval mode (their statistics frozen, as the
+  official code), while its weights stay trainable.
 
 Every explainer carries the :func:`~captum_vit.models.fingerprint.model_fingerprint` of the
 explainee it was built from as a ``uint8`` buffer, so a saved explainer names the exact
@@ -29,9 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_vit.models.cnn import CNNAdapter, is_cnn
+from captum_vit.models.cnn import SUPPORTED_CNNS, CNNAdapter, is_cnn
 from captum_vit.models.fingerprint import check_fingerprint, model_fingerprint
 from captum_vit.models.registry import save_weights
+from captum_vit.models.view import unwrap_compiled
 from captum_vit.models.vit import ViTAdapter, is_vit
 
 
@@ -49,9 +51,7 @@ def _geometry(explainee: nn.Module) -> dict[str, Any]:
         }
     if is_cnn(explainee):
         return {"kind": "cnn", "in_chans": CNNAdapter(explainee).in_chans}
-    raise TypeError(
-        f"unsupported explainee {type(explainee).__name__}: expected a timm ViT or a timm ResNet-family CNN"
-    )
+    raise TypeError(f"unsupported explainee {type(explainee).__name__}: expected a timm ViT or a {SUPPORTED_CNNS}")
 
 
 class _Explainer(nn.Module):
@@ -133,7 +133,8 @@ class ViTExplainer(_Explainer):
             raise TypeError(f"ViTExplainer needs a timm ViT explainee, got {type(explainee).__name__}")
         self._set_fingerprint(explainee)
         # The backbone is a copy of the ViT itself (inside a wrapper: the ViT the adapter reads).
-        backbone = copy.deepcopy(ViTAdapter(explainee).module)
+        explainee_adapter = ViTAdapter(explainee)
+        backbone = copy.deepcopy(explainee_adapter.module)
         adapter = ViTAdapter(backbone)
         adapter.strip_head()
         backbone.train(explainee.training)
@@ -142,25 +143,36 @@ class ViTExplainer(_Explainer):
         # The attention-pooling head (SigLIP) never runs: the explainer reads the tokens.
         for part in adapter.embedding_parts:
             part.requires_grad_(False)
+        # Inside a pipeline the ViT reads preprocessed images: so does its copy (frozen, as
+        # it is the explainee's input transform, not part of the explanation).
+        pre = explainee_adapter.preprocess
+        self.preprocess = nn.Identity() if pre is None else copy.deepcopy(pre).requires_grad_(False)
         self.backbone = backbone
         self.adapter = adapter
         d = adapter.embed_dim
         self.head = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Mask logits ``(B, h, w)`` for normalised images ``x`` ``(B, C, H, W)``."""
+        """Mask logits ``(B, h, w)`` for images ``x`` ``(B, C, H, W)`` as the explainee takes
+        them (normalised; a wrapped ViT's preprocessing runs first)."""
+        x = self.preprocess(x)
         tokens = self.adapter.final_tokens(x)  # (B, N, d), final norm applied
         logits = self.head(tokens).squeeze(-1)
         return self.adapter.patch_columns(logits, (int(x.shape[-2]), int(x.shape[-1])))
 
 
 class CNNExplainer(_Explainer):
-    """EEA explainer for a timm ResNet-family explainee.
+    """EEA explainer for a feature-backbone explainee (CNN or hierarchical transformer).
 
     Parameters
     ----------
     explainee : nn.Module
-        A timm ResNet; copied (architecture and weights), never modified.
+        A model :class:`~captum_vit.models.cnn.CNNAdapter` reads (timm CNNs, torchvision
+        ResNets, Swin, PVT-v2); copied (architecture and weights), never modified.
+    feature_layer : int, str or nn.Module
+        The feature stage whose map the mask lives on: an index into the adapter's ``stages``,
+        a stage's dotted name or the stage module of ``explainee``. Default -1, the last stage
+        (the ResNets' ``layer4``, as EEA). The copy is cut after it.
 
     Examples
     --------
@@ -168,19 +180,24 @@ class CNNExplainer(_Explainer):
     >>> cnn = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
     >>> CNNExplainer(cnn)(torch.rand(2, 3, 64, 64)).shape
     torch.Size([2, 2, 2])
+    >>> CNNExplainer(cnn, feature_layer="layer3")(torch.rand(2, 3, 64, 64)).shape
+    torch.Size([2, 4, 4])
     """
 
-    def __init__(self, explainee: nn.Module) -> None:
+    def __init__(self, explainee: nn.Module, feature_layer: int | str | nn.Module = -1) -> None:
         super().__init__()
         self.geometry = _geometry(explainee)
         if self.geometry["kind"] != "cnn":
-            raise TypeError(f"CNNExplainer needs a timm ResNet-family explainee, got {type(explainee).__name__}")
+            raise TypeError(f"CNNExplainer needs a CNN or hierarchical explainee, got {type(explainee).__name__}")
         self._set_fingerprint(explainee)
-        backbone = copy.deepcopy(explainee)
-        backbone.reset_classifier(0)  # type: ignore[operator]
+        stage = CNNAdapter(explainee).stage_index(feature_layer)
+        self.feature_stage = stage
+        backbone = copy.deepcopy(unwrap_compiled(explainee))
+        adapter = CNNAdapter(backbone)
+        channels = adapter.stage_channels(stage)
+        self.reader = adapter.truncate(stage)
         backbone.requires_grad_(True)
         self.backbone = backbone
-        channels = int(backbone.num_features)  # type: ignore[arg-type]
         self.head = nn.Conv2d(channels, 1, kernel_size=1)
         self.train(explainee.training)
 
@@ -192,21 +209,22 @@ class CNNExplainer(_Explainer):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        """Mask logits ``(B, h, w)`` on the last stage's grid for normalised images ``x``."""
-        return self.head(self.backbone.forward_features(x)).squeeze(1)  # type: ignore[operator]
+        """Mask logits ``(B, h, w)`` on the feature stage's grid for normalised images ``x``."""
+        return self.head(self.reader(self.backbone, x)).squeeze(1)
 
 
 LTXExplainer = ViTExplainer | CNNExplainer
 
 
-def build_explainer(explainee: nn.Module) -> LTXExplainer:
+def build_explainer(explainee: nn.Module, feature_layer: int | str | nn.Module | None = None) -> LTXExplainer:
     """An untrained explainer (backbone = a copy of ``explainee``, fresh head) for a timm ViT
-    or ResNet-family explainee.
+    or a feature backbone (CNN, hierarchical transformer); ``feature_layer`` picks the latter's
+    feature stage (:class:`CNNExplainer`).
 
     Raises
     ------
     TypeError
-        For any other model.
+        For any other model, or a ``feature_layer`` for a ViT.
 
     Examples
     --------
@@ -216,7 +234,11 @@ def build_explainer(explainee: nn.Module) -> LTXExplainer:
     'CNNExplainer'
     """
     kind = _geometry(explainee)["kind"]
-    return ViTExplainer(explainee) if kind == "vit" else CNNExplainer(explainee)
+    if kind == "vit":
+        if feature_layer is not None:
+            raise TypeError("feature_layer is for CNN explainees; a ViT explainer reads the final tokens")
+        return ViTExplainer(explainee)
+    return CNNExplainer(explainee, -1 if feature_layer is None else feature_layer)
 
 
 def explainer_for_architecture(architecture: Mapping[str, Any], mask_weight: float | None = None) -> LTXExplainer:

@@ -27,9 +27,11 @@ published points (d = 192 gives 18.3, d = 64 gives 8.0).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -37,8 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from captum_vit.explainers.ltx_network import CNNExplainer, LTXExplainer
+from captum_vit.explainers.ltx_network import CNNExplainer, LTXExplainer, ViTExplainer
 from captum_vit.kernels import apply_mask
+from captum_vit.models.hooks import count_output_bytes
 from captum_vit.models.preprocess import model_logits, normalize
 
 MASK_LOSSES = ("bce", "l1", "bce_double_sigmoid")
@@ -61,7 +64,7 @@ def default_mask_weight(explainer: LTXExplainer) -> float:
         return float(explainer.mask_weight)
     if isinstance(explainer, CNNExplainer):
         return 50.0
-    d = int(explainer.backbone.embed_dim)  # type: ignore[arg-type]
+    d = explainer.adapter.embed_dim  # the adapter knows every family's width
     return 30.0 * (d / 384.0) ** math.log2(50.0 / 30.0)
 
 
@@ -153,13 +156,17 @@ def finetune_masks(
     select_by_pos_auc: bool = False,
     pos_auc_stop: float | None = 6.0,
     fractions: Sequence[float] | None = None,
+    images_per_group: int | None = None,
+    memory_budget: float | None = None,
 ) -> Tensor:
     """Per-instance finetuning (LTX stage b, "Learning to Explain" §3.2) for a batch of images at once.
 
     Every image gets its own copy of the explainer's trainable parameters (stacked along a
     new leading axis and run with ``torch.func.vmap``) and its own Adam state; Adam is
-    elementwise, so image ``i``'s result is the one it would get alone. ``explainer`` itself
-    is not modified.
+    elementwise, so image ``i``'s result is the one it would get alone. Images are finetuned
+    ``images_per_group`` at a time, which bounds the memory (every image holds four copies
+    of the trainable parameters: weights, gradient and two Adam moments) without changing any
+    image's result. ``explainer`` itself is not modified.
 
     Parameters
     ----------
@@ -185,6 +192,12 @@ def finetune_masks(
         The official early-stop value 6.0 (``None``: never stop).
     fractions : sequence of float, optional
         Removal fractions of the selection test (default Chefer's 0.1 … 0.9).
+    images_per_group : int, optional
+        Images finetuned together. Default: as many as fit ``memory_budget``.
+    memory_budget : float, optional
+        Bytes a group may hold when ``images_per_group`` is ``None``, by the estimate of
+        :func:`finetune_bytes_per_image` (at least one image per group). Default (``None``):
+        the whole batch in one group.
 
     Returns
     -------
@@ -195,15 +208,105 @@ def finetune_masks(
     ------
     FloatingPointError
         If a finetuning loss becomes NaN or infinite.
+    ValueError
+        If ``images_per_group`` is not a positive int or ``memory_budget`` not a positive number.
+
+    Examples
+    --------
+    >>> import timm
+    >>> from captum_vit.explainers import build_explainer
+    >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, depth=1,
+    ...                         img_size=32, patch_size=8, embed_dim=32, num_heads=2).eval()
+    >>> objective = LTXObjective(vit, torch.zeros(3), torch.ones(3), mask_weight=8.0)
+    >>> pixels, target = torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    >>> together = finetune_masks(build_explainer(vit), objective, pixels, target, steps=2)
+    >>> in_pairs = finetune_masks(build_explainer(vit), objective, pixels, target, steps=2, images_per_group=2)
+    >>> together.shape, bool(torch.allclose(together, in_pairs, rtol=1e-6, atol=0))
+    (torch.Size([3, 4, 4]), True)
     """
+    b = pixels.shape[0]
+    if images_per_group is not None and (
+        isinstance(images_per_group, bool) or not isinstance(images_per_group, int) or images_per_group < 1
+    ):
+        raise ValueError(f"images_per_group must be None or a positive int, got {images_per_group!r}")
+    if memory_budget is not None and (
+        isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not memory_budget > 0
+    ):
+        raise ValueError(f"memory_budget must be None or a positive number of bytes, got {memory_budget!r}")
     module = copy.deepcopy(explainer).eval()
+    # vmap has no batching rule for CPU flash attention and would run it image by image;
+    # the explicit path (the same function) batches. The copy is private: no flag to restore.
+    explicit = (
+        module.adapter.explicit_attention()
+        if isinstance(module, ViTExplainer) and pixels.device.type == "cpu"
+        else nullcontext()
+    )
+    run = functools.partial(
+        _finetune_group, module, objective, steps=steps, lr=lr, pos_auc_stop=pos_auc_stop, fractions=fractions
+    )
+    with explicit:
+        size = images_per_group
+        if size is None:
+            per_image = finetune_bytes_per_image(module, objective, pixels) if memory_budget is not None else 0
+            size = max(1, int(memory_budget // per_image)) if memory_budget is not None else b
+        with torch.enable_grad():
+            masks = [
+                run(pixels[s : s + size], target[s : s + size], select_by_pos_auc=select_by_pos_auc)
+                for s in range(0, b, size)
+            ]
+    return torch.cat(masks)
+
+
+def finetune_bytes_per_image(explainer: LTXExplainer, objective: LTXObjective, pixels: Tensor) -> int:
+    """Estimated bytes the finetuning of one image holds: four copies of the explainer's
+    trainable parameters (weights, gradient and two Adam moments) plus every module output of
+    one explainer and one explainee forward pass on one image (what a backward pass keeps,
+    roughly; :func:`~captum_vit.models.hooks.count_output_bytes`, as IIA's estimate).
+
+    Examples
+    --------
+    >>> import timm
+    >>> from captum_vit.explainers import build_explainer
+    >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, depth=1,
+    ...                         img_size=32, patch_size=8, embed_dim=32, num_heads=2).eval()
+    >>> objective = LTXObjective(vit, torch.zeros(3), torch.ones(3), mask_weight=8.0)
+    >>> finetune_bytes_per_image(build_explainer(vit), objective, torch.rand(4, 3, 32, 32)) > 0
+    True
+    """
+    weights = sum(p.numel() * p.element_size() for p in explainer.parameters() if p.requires_grad)
+    one = objective.normalise(pixels[:1])
+    with torch.no_grad(), count_output_bytes(explainer) as mask_net, count_output_bytes(objective.explainee) as model:
+        explainer(one)
+        objective.explainee(one)
+    return 4 * weights + mask_net[0] + model[0]
+
+
+def _adam_impl(device: torch.device) -> dict[str, bool]:
+    # The fused Adam reads weights, gradients and moments in one pass (the per-tensor loop
+    # makes about five); elsewhere the foreach kernels, the same arithmetic as the loop.
+    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+
+
+def _finetune_group(
+    module: nn.Module,
+    objective: LTXObjective,
+    pixels: Tensor,
+    target: Tensor,
+    steps: int,
+    lr: float,
+    select_by_pos_auc: bool,
+    pos_auc_stop: float | None,
+    fractions: Sequence[float] | None,
+) -> Tensor:
+    """:func:`finetune_masks` for one group of images, each with its own parameters."""
     b = pixels.shape[0]
     names = [n for n, p in module.named_parameters() if p.requires_grad]
-    params = {
-        n: p.detach().unsqueeze(0).repeat(b, *([1] * p.dim())).requires_grad_(True)
-        for n, p in module.named_parameters()
+    trained = [
+        p.detach().unsqueeze(0).repeat(b, *([1] * p.dim())).requires_grad_(True)
+        for p in module.parameters()
         if p.requires_grad
-    }
+    ]
+    transposed = [False] * len(trained)
     fixed = {n: p.detach() for n, p in module.named_parameters() if not p.requires_grad} | dict(module.named_buffers())
     x = objective.normalise(pixels)
 
@@ -211,33 +314,43 @@ def finetune_masks(
         return functional_call(module, (p, fixed), (xi[None],))[0]
 
     def logits_now() -> Tensor:
-        with warnings.catch_warnings():  # vmap falls back to a loop for CPU flash attention
+        params = {n: t.mT if flip else t for n, t, flip in zip(names, trained, transposed)}
+        with warnings.catch_warnings():  # CUDA attention kernels without a batching rule
             warnings.filterwarnings("ignore", message=".*batching rule.*")
             return vmap(one)(params, x)
 
-    opt = torch.optim.Adam([params[n] for n in names], lr=lr)
-    with torch.enable_grad():
+    opt: torch.optim.Adam | None = None
+    z = logits_now()
+    best = torch.sigmoid(z).detach()
+    best_auc = _pos_auc(objective, pixels, best, target, fractions) if select_by_pos_auc else None
+    for step in range(steps):
+        total, _, _ = objective.per_example(z, pixels, target)
+        if not torch.isfinite(total).all():
+            raise FloatingPointError(f"non-finite LTX finetuning loss at step {step + 1}; lower finetune_lr")
+        grads = list(torch.autograd.grad(total.sum(), trained))  # image i's loss sees only copy i
+        if opt is None:
+            # vmap's weight gradients come transposed: store those copies transposed, so that
+            # weights, gradients and Adam moments are contiguous and the fused Adam reads them
+            # in one pass without copies (it needs matching layouts; it is wrong otherwise).
+            for i, g in enumerate(grads):
+                if not g.is_contiguous() and g.dim() > 2 and g.mT.is_contiguous():
+                    transposed[i] = True
+                    trained[i] = trained[i].detach().mT.contiguous().requires_grad_(True)
+                    grads[i] = g.mT
+            opt = torch.optim.Adam(trained, lr=lr, **_adam_impl(pixels.device))
+        for p, g in zip(trained, grads):
+            p.grad = g.contiguous()
+        opt.step()
         z = logits_now()
-        best = torch.sigmoid(z).detach()
-        best_auc = _pos_auc(objective, pixels, best, target, fractions) if select_by_pos_auc else None
-        for step in range(steps):
-            total, _, _ = objective.per_example(z, pixels, target)
-            if not torch.isfinite(total).all():
-                raise FloatingPointError(f"non-finite LTX finetuning loss at step {step + 1}; lower finetune_lr")
-            grads = torch.autograd.grad(total.sum(), [params[n] for n in names])  # image i's loss sees only copy i
-            for n, g in zip(names, grads):
-                params[n].grad = g
-            opt.step()
-            z = logits_now()
-            current = torch.sigmoid(z).detach()
-            if best_auc is None:
-                best = current
-                continue
-            auc = _pos_auc(objective, pixels, current, target, fractions)
-            open_ = best_auc >= pos_auc_stop if pos_auc_stop is not None else torch.ones_like(auc, dtype=torch.bool)
-            take = open_ & (auc < best_auc)
-            best = torch.where(take[:, None, None], current, best)
-            best_auc = torch.where(take, auc, best_auc)
+        current = torch.sigmoid(z).detach()
+        if best_auc is None:
+            best = current
+            continue
+        auc = _pos_auc(objective, pixels, current, target, fractions)
+        open_ = best_auc >= pos_auc_stop if pos_auc_stop is not None else torch.ones_like(auc, dtype=torch.bool)
+        take = open_ & (auc < best_auc)
+        best = torch.where(take[:, None, None], current, best)
+        best_auc = torch.where(take, auc, best_auc)
     return best
 
 

@@ -39,17 +39,24 @@ class AttentionRecord:
     forward pass reaches the block), for an attention-pooled model (``global_pool='map'``) the
     pooling head's probe attention ``pool`` ``(B, heads, 1, N)``, and with ``tokens=True`` the
     final token states the pooling reads, ``tokens`` ``(B, N, D)``. Gradients are taken by the
-    caller with ``torch.autograd.grad`` on these tensors, so nothing accumulates into ``.grad``."""
+    caller with ``torch.autograd.grad`` on these tensors, so nothing accumulates into ``.grad``.
+
+    ``blocks``: the indices of the recorded blocks (``None``: all); the other entries of
+    ``attentions`` stay ``None``. With ``reduce``, an entry is what ``reduce`` kept of the
+    block's probabilities instead of the probabilities."""
 
     attentions: list[Tensor | None] = field(default_factory=list)
     pool: Tensor | None = None
     tokens: Tensor | None = None
+    blocks: tuple[int, ...] | None = None
 
     def stacked(self) -> Tensor:
-        """Attentions as one ``(L, B, heads, N, N)`` tensor."""
-        if any(a is None for a in self.attentions):
+        """The recorded blocks' entries as one tensor, ``(L, B, heads, N, N)`` for the
+        probabilities of ``L`` recorded blocks."""
+        wanted = self.attentions if self.blocks is None else [self.attentions[i] for i in self.blocks]
+        if not wanted or any(a is None for a in wanted):
             raise RuntimeError("no attention was recorded; run a forward pass inside the context")
-        return torch.stack([a for a in self.attentions if a is not None])
+        return torch.stack([a for a in wanted if a is not None])
 
 
 @contextmanager
@@ -70,6 +77,9 @@ def record_attention(
     override: dict[int, AttentionOverride] | None = None,
     detach: bool = False,
     tokens: bool = False,
+    blocks: Sequence[int] | None = None,
+    reduce: Callable[[int, Tensor], Tensor] | None = None,
+    on_grad: Callable[[int, Tensor, Tensor], None] | None = None,
 ) -> Iterator[AttentionRecord]:
     """Record every block's attention probabilities (and an attention pool's probe attention).
 
@@ -86,11 +96,22 @@ def record_attention(
         Store detached attentions (saves memory when no gradient is needed).
     tokens : bool
         Also record the final token states the pooling reads (:attr:`ViTAdapter.pool_input`).
+    blocks : sequence of int, optional
+        Record only these blocks (negative indices count from the end); default all.
+    reduce : callable, optional
+        ``reduce(block, probabilities) -> Tensor``, applied in the forward hook: the record
+        keeps its result instead of the ``(B, heads, N, N)`` probabilities, which are then
+        freed as soon as the block no longer needs them (e.g. a head fusion).
+    on_grad : callable, optional
+        ``on_grad(block, probabilities, grad)``, called during a backward pass as soon as the
+        gradient with respect to a recorded block's probabilities is complete (last block
+        first), with both detached: a method can reduce them block by block instead of
+        keeping every block's gradient. Only for probabilities that require a gradient.
 
     Yields
     ------
     AttentionRecord
-        Filled in as forward passes run; one entry per block, last forward wins.
+        Filled in as forward passes run; one entry per recorded block, last forward wins.
 
     Examples
     --------
@@ -103,19 +124,32 @@ def record_attention(
     torch.Size([2, 2, 3, 5, 5])
     >>> all(b.attn.fused_attn for b in m.blocks)  # flags restored
     True
+    >>> with record_attention(m, blocks=[-1], reduce=lambda i, a: a.mean(dim=1)) as rec:
+    ...     _ = m(torch.rand(2, 3, 32, 32))
+    >>> rec.attentions[0] is None, rec.stacked().shape  # the last block's head mean only
+    (True, torch.Size([1, 2, 5, 5]))
     """
     adapter = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
     n = adapter.num_blocks
+    for what, indices in (("override", override or {}), ("blocks", blocks or ())):
+        for k in indices:
+            if not -n <= k < n:
+                raise ValueError(f"{what} block index {k} out of range for a {n}-block model")
     overrides = {(k % n): v for k, v in (override or {}).items()}
-    for k in override or {}:
-        if not -n <= k < n:
-            raise ValueError(f"override block index {k} out of range for a {n}-block model")
-    record = AttentionRecord([None] * n)
+    recorded = tuple(range(n)) if blocks is None else tuple(sorted({k % n for k in blocks}))
+    record = AttentionRecord([None] * n, blocks=None if blocks is None else recorded)
 
     def make_hook(i: int) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor | None]:
         def hook(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
             new = overrides[i](out) if i in overrides else out
-            record.attentions[i] = new.detach() if detach else new
+            if i in recorded:
+                kept = new.detach() if detach else new
+                record.attentions[i] = reduce(i, kept) if reduce is not None else kept
+                if on_grad is not None and new.requires_grad:
+                    # a one-shot holder, not the tensor: the graph must not keep the
+                    # probabilities alive after the backward pass has used them
+                    held = [new.detach()]
+                    new.register_hook(lambda g: on_grad(i, held.pop(), g) if held else None)
             return new if i in overrides else None
 
         return hook
@@ -128,7 +162,8 @@ def record_attention(
 
     with adapter.explicit_attention(), removing_hooks() as handles:
         for i, probe in enumerate(adapter.attention_probes):
-            handles.append(probe.register_forward_hook(make_hook(i)))
+            if i in recorded or i in overrides:
+                handles.append(probe.register_forward_hook(make_hook(i)))
         pool_probe = adapter.pool_attention_probe()
         if pool_probe is not None:
             handles.append(pool_probe.register_forward_hook(on_pool))
@@ -373,3 +408,105 @@ def count_output_bytes(model: nn.Module) -> Iterator[list[int]]:
             if not m._modules:
                 handles.append(m.register_forward_hook(hook))
         yield counted
+
+
+@contextmanager
+def mask_patch_tokens(model: nn.Module | ViTAdapter, indices: Tensor) -> Iterator[None]:
+    """Run the ViT as if only the prefix tokens and the patch tokens ``indices`` were in the
+    sequence, without removing any: what :func:`keep_patch_tokens` computes, for models whose
+    attention depends on token positions (relative position bias, rotary embeddings; their
+    adapter's ``supports_token_removal`` is ``False``). MUTEX scores its masks with it there.
+
+    Every attention's probabilities ``p`` (each block's, and an attention pool's) become
+    ``p * keep / sum(p * keep)`` over the keys, which is the softmax with a ``-inf`` logit for
+    every removed key: each kept token's state is exactly the one it has when the others are
+    removed, and the removed tokens compute states nothing reads. (Exact while some kept key's
+    probability is representable: a row whose kept probabilities all underflowed to zero, a
+    saturated softmax, gets the uniform distribution over the kept keys.) An average-pooling readout
+    would still read them: their final states are replaced by the mean of the kept tokens it
+    averages, which leaves that mean the mean over the kept tokens.
+
+    It enters the adapter's :meth:`~captum_vit.models.vit.ViTAdapter.explicit_attention`
+    and masks through its probes, ahead of every other hook on them (also ones registered
+    before it), so a :func:`record_attention` records, and an override replaces, the masked
+    probabilities. Enter it outside :func:`record_attention` where a family's
+    ``explicit_attention`` is not re-entrant (the timm adapters' are).
+
+    Parameters
+    ----------
+    model : nn.Module or ViTAdapter
+        A supported ViT (of any family).
+    indices : Tensor
+        ``(B, K)`` integer indices of the kept patch tokens in raster order (a set: the order
+        and repeats do not matter, unlike removal).
+
+    Raises
+    ------
+    ValueError
+        If ``indices`` is not a ``(B, K)`` integer tensor, is out of the patch range, or
+        does not match the input batch; ``K = 0`` on a model without prefix tokens (nothing
+        to attend to); for a readout the masking cannot follow (e.g. max pooling).
+
+    Examples
+    --------
+    >>> import timm
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                       depth=2, img_size=32).eval()
+    >>> x, keep = torch.rand(1, 3, 32, 32), torch.tensor([[0, 3]])
+    >>> with keep_patch_tokens(m, keep):
+    ...     removed = m(x)
+    >>> with mask_patch_tokens(m, keep), record_attention(m) as rec:
+    ...     masked = m(x)
+    >>> a = rec.attentions[0]  # keys: the class token, patches 0 and 3 (positions 1 and 4)
+    >>> torch.allclose(masked, removed, atol=1e-5), bool((a[..., [2, 3]] == 0).all())
+    (True, True)
+    """
+    adapter = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
+    if indices.dim() != 2 or indices.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"indices must be a (batch, kept) integer tensor, got {tuple(indices.shape)} {indices.dtype}")
+    p = adapter.num_prefix_tokens
+    if p == 0 and indices.shape[1] == 0:
+        raise ValueError("indices must keep at least one patch token of a model without prefix tokens")
+    readout = adapter.readout  # raises ValueError for poolings no row readout describes
+    cache: dict[tuple[int, torch.device], Tensor] = {}
+
+    def keep_mask(n: int, batch: int, device: torch.device) -> Tensor:
+        """``(B, n)`` boolean: prefix tokens and the kept patch tokens."""
+        if batch != indices.shape[0]:
+            raise ValueError(f"indices batch {indices.shape[0]} does not match input batch {batch}")
+        if (n, device) not in cache:
+            idx = indices.to(device).long()
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n - p):
+                raise ValueError(f"indices must be in [0, {n - p}) (the patch tokens), got {idx.min()}..{idx.max()}")
+            keep = torch.zeros(batch, n, dtype=torch.bool, device=device)
+            keep[:, :p] = True
+            keep.scatter_(1, idx + p, True)
+            cache[(n, device)] = keep
+        return cache[(n, device)]
+
+    def on_probabilities(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        keep = keep_mask(out.shape[-1], out.shape[0], out.device)[:, None, None, :].to(out.dtype)
+        kept = out * keep
+        total = kept.sum(dim=-1, keepdim=True)
+        # A row whose kept probabilities all underflowed to 0 has lost its logits: it gets the
+        # uniform distribution over the kept keys instead of 0/0.
+        return torch.where(total > 0, kept / total.clamp_min(torch.finfo(out.dtype).tiny), keep / keep.sum(-1, True))
+
+    def on_tokens(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        keep = keep_mask(out.shape[1], out.shape[0], out.device)
+        averaged = keep.clone()
+        if not readout.include_prefix:
+            averaged[:, :p] = False
+        w = averaged.to(out.dtype).unsqueeze(-1)
+        mean = (out * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True)
+        return torch.where(keep.unsqueeze(-1), out, mean)
+
+    with adapter.explicit_attention(), removing_hooks() as handles:
+        for probe in adapter.attention_probes:
+            handles.append(probe.register_forward_hook(on_probabilities, prepend=True))
+        pool_probe = adapter.pool_attention_probe()
+        if pool_probe is not None:
+            handles.append(pool_probe.register_forward_hook(on_probabilities, prepend=True))
+        elif readout.rows is None:
+            handles.append(adapter.pool_input.register_forward_hook(on_tokens, prepend=True))
+        yield

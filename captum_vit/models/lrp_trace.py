@@ -2,10 +2,17 @@
 
 Used only by Transformer Attribution (:mod:`captum_vit.attr._lrp` holds the rules). A
 context manager records, per block, the inputs of every linear layer, q, k, v, the attention
-probabilities (kept in the autograd graph) and both residual summands, then the head and the
-patch embedding; like every hook in :mod:`captum_vit.models.hooks` it removes its hooks and
+output (kept in the autograd graph) and both residual summands, then the head and the patch
+embedding; like every hook in :mod:`captum_vit.models.hooks` it removes its hooks and
 restores ``fused_attn`` on exit, also when the wrapped code raises (and like them it is given
 a private view of the user's model by the method).
+
+Nothing ``(B, heads, N, N)`` is kept, by the trace or by autograd: the relevance pass
+recomputes one block's attention probabilities at a time from q and k
+(:meth:`BlockTrace.probabilities`); their gradient is ``∂y/∂A = (∂y/∂O) vᵀ`` from the gradient
+of the attention output ``O = A v``; and saved-tensor hooks let autograd drop the
+probabilities of timm's explicit attention path, recomputing them bit for bit in the backward.
+A trace's memory is then that of a plain forward and backward pass, not ``O(blocks · N²)``.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ class LinearInput:
 
 @dataclass(frozen=True)
 class BlockTrace:
-    """One pre-norm timm ``Block`` as LRP sees it (detached except ``attention``).
+    """One pre-norm timm ``Block`` as LRP sees it (detached).
 
     The block computes ``mid = x + attn_branch`` with ``attn_branch = proj(A v)`` and
     ``A = softmax(q kᵀ · scale)``, then ``out = mid + mlp_branch`` with
@@ -48,13 +55,18 @@ class BlockTrace:
     q: Tensor  # (B, heads, N, head_dim) after q_norm, before the 1/sqrt(d) scale
     k: Tensor  # (B, heads, N, head_dim) after k_norm
     v: Tensor  # (B, heads, N, head_dim)
-    attention: Tensor  # (B, heads, N, N) post-softmax (and attention dropout), in the graph
+    scale: float  # the attention's 1/sqrt(head_dim)
     proj: LinearInput  # head outputs merged (B, N, heads*head_dim) -> proj
     attn_branch: Tensor  # the summand added to x (after layer scale and drop path)
     mid: Tensor  # x + attn_branch (B, N, D)
     fc1: LinearInput
     fc2: LinearInput
     mlp_branch: Tensor  # the summand added to mid
+
+    def probabilities(self) -> Tensor:
+        """The attention probabilities ``(B, heads, N, N)``, computed as timm's explicit
+        path does (in eval mode, where attention dropout is the identity)."""
+        return ((self.q * self.scale) @ self.k.transpose(-2, -1)).softmax(dim=-1)
 
     def merge_qkv(self, rq: Tensor, rk: Tensor, rv: Tensor) -> Tensor:
         """Per-head q/k/v relevances ``(B, heads, N, head_dim)`` in the layout of the fused
@@ -108,27 +120,37 @@ class LRPTrace:
         return store[key]
 
     def blocks(self) -> list[BlockTrace]:
-        out = []
-        for i, s in enumerate(self.raw_blocks):
-            g = lambda k, s=s: self._get(s, k)  # noqa: E731
-            blk: Any = self.adapter.blocks[i]  # a checked timm Block
-            out.append(
-                BlockTrace(
-                    x=g("x"),
-                    qkv=LinearInput(g("qkv_in"), blk.attn.qkv.weight.detach()),
-                    q=g("q"),
-                    k=g("k"),
-                    v=g("v"),
-                    attention=g("attention"),
-                    proj=LinearInput(g("proj_in"), blk.attn.proj.weight.detach()),
-                    attn_branch=g("attn_branch"),
-                    mid=g("mid"),
-                    fc1=LinearInput(g("fc1_in"), blk.mlp.fc1.weight.detach()),
-                    fc2=LinearInput(g("fc2_in"), blk.mlp.fc2.weight.detach()),
-                    mlp_branch=g("mlp_branch"),
-                )
-            )
-        return out
+        return [self.block(i) for i in range(len(self.raw_blocks))]
+
+    def block(self, i: int) -> BlockTrace:
+        """Block ``i``'s trace (raises once :meth:`release` dropped it)."""
+        s = self.raw_blocks[i]
+        g = lambda k: self._get(s, k)  # noqa: E731
+        blk: Any = self.adapter.blocks[i]  # a checked timm Block
+        return BlockTrace(
+            x=g("x"),
+            qkv=LinearInput(g("qkv_in"), blk.attn.qkv.weight.detach()),
+            q=g("q"),
+            k=g("k"),
+            v=g("v"),
+            scale=float(blk.attn.scale),
+            proj=LinearInput(g("proj_in"), blk.attn.proj.weight.detach()),
+            attn_branch=g("attn_branch"),
+            mid=g("mid"),
+            fc1=LinearInput(g("fc1_in"), blk.mlp.fc1.weight.detach()),
+            fc2=LinearInput(g("fc2_in"), blk.mlp.fc2.weight.detach()),
+            mlp_branch=g("mlp_branch"),
+        )
+
+    def attention_output(self, i: int) -> Tensor:
+        """Block ``i``'s attention output ``O = A v`` with heads merged, ``(B, N, heads*head_dim)``,
+        in the autograd graph: ``∂y/∂A = (∂y/∂O) vᵀ`` per head."""
+        return self._get(self.raw_blocks[i], "attn_out")
+
+    def release(self, i: int) -> None:
+        """Drop block ``i``'s recorded tensors (a relevance pass that has passed the block
+        no longer needs them)."""
+        self.raw_blocks[i].clear()
 
     @property
     def tokens(self) -> Tensor:
@@ -143,7 +165,7 @@ class LRPTrace:
     def heads(self) -> list[HeadTrace]:
         """One head, or two for distilled DeiT (class row → ``head``, distillation row →
         ``head_dist``; the logits are their mean)."""
-        m: Any = self.adapter.model
+        m: Any = self.adapter.module
         n = self.tokens.shape[1]
         dev = self.tokens.device
         if _is_distilled(m):
@@ -157,7 +179,7 @@ class LRPTrace:
         ]
 
     def embedding(self) -> EmbeddingTrace:
-        model: Any = self.adapter.model
+        model: Any = self.adapter.module
         conv = model.patch_embed.proj
         if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.dilation != (1, 1):
             raise TypeError(f"full LRP needs a plain Conv2d patch embedding, got {type(conv).__name__}")
@@ -200,7 +222,7 @@ def check_lrp_supported(model: nn.Module | ViTAdapter) -> ViTAdapter:
             )
         if getattr(blk.attn, "gate", None) is not None:
             raise TypeError(f"model block {i} uses gated attention, which LRP does not support")
-    m = adapter.model
+    m = adapter.module
     heads = [getattr(m, "head", None)] + ([m.head_dist] if _is_distilled(m) else [])
     if not all(isinstance(h, nn.Linear) for h in heads):
         raise TypeError("model head must be an nn.Linear classifier (create the model with num_classes > 0)")
@@ -217,10 +239,14 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
     """Record what layer-wise relevance propagation needs from one forward pass.
 
     Per block the input, the q/k/v projection's input and split output, the attention
-    probabilities (kept in the autograd graph, so their gradient can be taken), the
+    output (kept in the autograd graph, so the attention's gradient can be taken), the
     projection's input, both residual summands and the MLP's two linear inputs; then the
     final-norm tokens, each head's input and output, and the patch embedding's input and
     output (docs/methods.md §9; the tensors Chefer's ``layers_ours.py`` modules keep for ``relprop``).
+
+    Attention runs on timm's explicit path (the same computation as the fused kernel, and
+    the one every recording hook uses), but autograd keeps no attention probabilities: a
+    backward pass taken inside the context recomputes them block by block.
 
     Raises
     ------
@@ -235,13 +261,13 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
     >>> with record_lrp_trace(m) as tr:
     ...     _ = m(torch.rand(2, 3, 32, 32))
     >>> b = tr.blocks()[0]
-    >>> tuple(b.q.shape), tuple(b.attention.shape), tuple(tr.heads()[0].linear.x.shape)
+    >>> tuple(b.q.shape), tuple(b.probabilities().shape), tuple(tr.heads()[0].linear.x.shape)
     ((2, 3, 5, 64), (2, 3, 5, 5), (2, 192))
     >>> torch.allclose(b.mid + b.mlp_branch, tr.blocks()[1].x)
     True
     """
     adapter = check_lrp_supported(model)
-    m: Any = adapter.model
+    m: Any = adapter.module
     trace = LRPTrace(adapter, [{} for _ in adapter.blocks])
 
     def put(store: dict[str, Tensor], key: str, keep_graph: bool = False) -> Callable[..., None]:
@@ -262,17 +288,21 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
     def put_embed(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
         trace.raw["embed"] = flatten_tokens(out.detach())
 
-    with adapter.explicit_attention(), removing_hooks() as hs:
+    saver = _ProbabilitiesSaver(trace)
+    with adapter.explicit_attention(), removing_hooks() as hs, saver.hooks():
         blocks: list[Any] = adapter.blocks  # checked timm Blocks
-        for s, blk in zip(trace.raw_blocks, blocks):
+        for i, (s, blk) in enumerate(zip(trace.raw_blocks, blocks)):
             a, mlp = blk.attn, blk.mlp
             hs += [
+                a.k_norm.register_forward_hook(saver.entering(i)),
+                a.attn_drop.register_forward_hook(saver.computed),
+                a.register_forward_hook(saver.leaving),
                 blk.register_forward_pre_hook(put(s, "x")),
+                a.k_norm.register_forward_hook(put(s, "k")),
                 a.qkv.register_forward_pre_hook(put(s, "qkv_in")),
                 a.qkv.register_forward_hook(put_qkv(s, blk)),
                 a.q_norm.register_forward_hook(put(s, "q")),
-                a.k_norm.register_forward_hook(put(s, "k")),
-                a.attn_drop.register_forward_hook(put(s, "attention", keep_graph=True)),
+                a.norm.register_forward_pre_hook(put(s, "attn_out", keep_graph=True)),
                 a.proj.register_forward_pre_hook(put(s, "proj_in")),
                 blk.drop_path1.register_forward_hook(put(s, "attn_branch")),
                 blk.norm2.register_forward_pre_hook(put(s, "mid")),
@@ -296,3 +326,80 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
                 m.head_dist.register_forward_hook(put(r, "head_dist")),
             ]
         yield trace
+
+
+class _Saved:
+    """A tensor autograd saved during a block's attention; ``tensor`` is dropped (``None``:
+    recompute block ``block``'s probabilities, as a view of this size and stride) once it
+    turns out to be those probabilities."""
+
+    def __init__(self, tensor: Tensor | None, block: int, view: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+        self.tensor, self.block, self.view = tensor, block, view
+
+
+class _ProbabilitiesSaver:
+    """Saved-tensor hooks that keep autograd from holding any block's attention probabilities.
+
+    Softmax saves its output before the probabilities are known (they are known at the
+    attention-dropout hook, an identity in eval mode), so a tensor of their size saved inside
+    the block is held until then, and dropped if it is them (``A v`` saves a reshaped view of
+    them: same storage). The backward recomputes them from the trace's q and k with the
+    forward's own operations (the same values bit for bit), once per block: both the softmax
+    and the ``A v`` backward read them.
+    """
+
+    def __init__(self, trace: LRPTrace) -> None:
+        self.trace = trace
+        self.block: int | None = None
+        self.numel = 0
+        self.ptr: int | None = None
+        self.pending: list[_Saved] = []
+        self.cache: tuple[int, Tensor] | None = None
+
+    def entering(self, i: int) -> Callable[..., None]:
+        def hook(_m: nn.Module, _inp: tuple[Tensor, ...], k: Tensor) -> None:
+            self.block, self.numel, self.ptr, self.pending = i, k[..., 0].numel() * k.shape[-2], None, []
+
+        return hook
+
+    def computed(self, m: nn.Module, _inp: tuple[Tensor, ...], probs: Tensor) -> None:
+        if (m.training and getattr(m, "p", 0.0) > 0) or not probs.is_contiguous():
+            return  # dropout changed them, or an unknown layout: keep what is saved
+        self.ptr = probs.data_ptr()
+        for saved in self.pending:
+            if saved.tensor is not None and self._is_probs(saved.tensor):
+                saved.tensor = None
+
+    def leaving(self, *_args: object) -> None:
+        self.block, self.pending = None, []
+
+    def _is_probs(self, t: Tensor) -> bool:
+        return t.data_ptr() == self.ptr and t.numel() == self.numel and t.is_contiguous()
+
+    def pack(self, t: Tensor) -> Tensor | _Saved:
+        if self.block is None or t.numel() != self.numel:
+            return t
+        saved = _Saved(t, self.block, (tuple(t.shape), tuple(t.stride())))
+        if self.ptr is not None and self._is_probs(t):
+            saved.tensor = None
+        else:
+            self.pending.append(saved)
+        return saved
+
+    def unpack(self, saved: Tensor | _Saved) -> Tensor:
+        if isinstance(saved, Tensor):
+            return saved
+        if saved.tensor is not None:
+            return saved.tensor
+        if self.cache is None or self.cache[0] != saved.block:
+            self.cache = None  # free the previous block's before computing the next
+            self.cache = (saved.block, self.trace.block(saved.block).probabilities())
+        return self.cache[1].as_strided(*saved.view)
+
+    @contextmanager
+    def hooks(self) -> Iterator[None]:
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack):
+                yield
+        finally:
+            self.cache, self.pending = None, []

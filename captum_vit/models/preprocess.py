@@ -84,7 +84,8 @@ def model_logits(output: Tensor | Sequence[Tensor]) -> Tensor:
     Raises
     ------
     TypeError
-        If ``output`` is neither a tensor nor a non-empty tuple/list of tensors.
+        If ``output`` is neither a tensor, an object with a ``logits`` tensor (a Hugging Face
+        ``ModelOutput``) nor a non-empty tuple/list of tensors.
 
     Examples
     --------
@@ -93,6 +94,11 @@ def model_logits(output: Tensor | Sequence[Tensor]) -> Tensor:
     """
     if isinstance(output, Tensor):
         return output
+    logits = getattr(output, "logits", None)  # a Hugging Face ModelOutput (the hf extra)
+    if isinstance(logits, Tensor):
+        return logits
     if isinstance(output, (tuple, list)) and output and all(isinstance(o, Tensor) for o in output):
         return torch.stack(list(output)).mean(0)
-    raise TypeError(f"model output must be a Tensor or a tuple of Tensors, got {type(output).__name__}")
+    raise TypeError(
+        f"model output must be a Tensor, a tuple of Tensors or have a logits Tensor, got {type(output).__name__}"
+    )

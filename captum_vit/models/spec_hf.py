@@ -3,8 +3,9 @@
 A folder holds ``config.json``, the weights and ``preprocessor_config.json``. It loads with
 ``AutoModelForImageClassification`` (offline: ``local_files_only``), wrapped so that its
 forward returns logits, and with the preprocessing of its image processor in
-``pretrained_cfg``. The explanation methods do not take these models yet: the ViT adapters
-for Hugging Face models are a separate piece of work.
+``pretrained_cfg``. The explanation methods take the wrapper: the ViT adapter finds the one
+supported Hugging Face model it holds (:mod:`captum_vit.models.families.hf`) and explains it
+through the wrapper's forward.
 """
 
 from __future__ import annotations
@@ -65,8 +66,19 @@ class HFImageClassifier(nn.Module):
     """A ``transformers`` image classifier whose forward returns the logits tensor, with its
     preprocessing in ``pretrained_cfg``; the loaded model itself is ``.model``.
 
-    ``transformers`` models return a ``ModelOutput``; the library's metrics and methods take
-    models that return logits, as timm's do.
+    ``transformers`` models return a ``ModelOutput``; the library's metrics and exporters take
+    models that return logits, as timm's do. The explanation methods read ``.model``'s
+    attention (:class:`~captum_vit.models.families.hf.HFViTAdapter`).
+
+    Examples
+    --------
+    >>> from transformers import ViTConfig, ViTForImageClassification
+    >>> from captum_vit.attr import GenericAttention
+    >>> cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                 intermediate_size=64, image_size=32, patch_size=8, num_labels=5)
+    >>> wrapper = HFImageClassifier(ViTForImageClassification(cfg), {"num_classes": 5}).eval()
+    >>> GenericAttention(wrapper).attribute(torch.rand(1, 3, 32, 32), target=2, return_patch_map=True).shape
+    torch.Size([1, 4, 4])
     """
 
     def __init__(self, model: nn.Module, pretrained_cfg: dict[str, Any]) -> None:

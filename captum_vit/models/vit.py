@@ -21,6 +21,7 @@ from timm.layers.attention import Attention
 from torch import Tensor, nn
 
 from captum_vit.models.view import unwrap_compiled
+from captum_vit.models.wrapped import preprocess_of
 
 A = TypeVar("A", bound="ViTAdapter")
 
@@ -351,6 +352,8 @@ class ViTAdapter:
         """
         saved = [a.fused_attn for a in self.attentions]
         pool = self.attention_pool
+        # Re-entrant: an enclosing call's probe (and the hooks on it) stays in place.
+        pool = None if pool is not None and _POOL_PROBE in pool._modules else pool
         try:
             for a in self.attentions:
                 a.fused_attn = False
@@ -407,9 +410,26 @@ class ViTAdapter:
     def embedding_parts(self) -> list[nn.Module | nn.Parameter]:
         """Patch and position embeddings and prefix tokens (frozen in LTX's explainer, as the
         official code), and parts the explainer never runs (an attention-pooling head)."""
-        names = ("patch_embed", "cls_token", "dist_token", "reg_token", "pos_embed", "attn_pool")
+        # fc_norm follows the pooling (global_pool='avg'): never run, so frozen as well
+        names = ("patch_embed", "cls_token", "dist_token", "reg_token", "pos_embed", "attn_pool", "fc_norm")
         parts = [getattr(self.module, n, None) for n in names]
         return [p for p in parts if isinstance(p, (nn.Module, nn.Parameter))]
+
+    def prefix_token_parameters(self) -> Tensor:
+        """The learned prefix tokens ``(1, num_prefix_tokens, D)`` in sequence order (class,
+        distillation, registers), before position embeddings: what Vision DiffMask prepends
+        to the patch embeddings to gate the prefix positions. ``(1, 0, D)`` when none is found."""
+        parts = [getattr(self.module, n, None) for n in ("cls_token", "dist_token", "reg_token")]
+        tokens = [t for t in parts if isinstance(t, Tensor)]
+        return torch.cat(tokens, 1) if tokens else torch.zeros(1, 0, self.embed_dim)
+
+    @property
+    def preprocess(self) -> nn.Module | None:
+        """What turns :attr:`model`'s input into :attr:`module`'s (the module
+        ``Wrapped(..., preprocess=...)`` names, or the children before the ViT in
+        ``nn.Sequential`` containers), or ``None`` when unknown or nothing
+        (:func:`~captum_vit.models.wrapped.preprocess_of`). LTX's explainer runs a copy."""
+        return preprocess_of(self.model, self.inner)
 
     # ---------------------------------------------------------------- validation
     def check_input(self, x: object, name: str = "inputs") -> Tensor:

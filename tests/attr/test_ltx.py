@@ -117,3 +117,107 @@ def test_shipped_model_uses_its_shipped_explainer_by_default(name: str) -> None:
     inside = float((attr * batch.masks).sum() / batch.masks.sum())
     outside = float((attr * (1 - batch.masks)).sum() / (1 - batch.masks).sum())
     assert inside > 2 * outside, (inside, outside)
+
+
+def _reference_finetuning(
+    explainer: torch.nn.Module, obj: LTXObjective, pixels: torch.Tensor, target: torch.Tensor, steps: int, lr: float
+) -> torch.Tensor:
+    """The specification: one image at a time, a plain copy of the explainer (fused attention)
+    and PyTorch's default (per-tensor) Adam."""
+    import copy
+
+    masks = []
+    for i in range(pixels.shape[0]):
+        module = copy.deepcopy(explainer).eval()
+        trained = [p for p in module.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(trained, lr=lr)
+        with torch.enable_grad():
+            for _ in range(steps):
+                total, _, _ = obj.per_example(
+                    module(obj.normalise(pixels[i : i + 1])), pixels[i : i + 1], target[i : i + 1]
+                )
+                opt.zero_grad()
+                total.sum().backward()
+                opt.step()
+        with torch.no_grad():
+            masks.append(module.mask(obj.normalise(pixels[i : i + 1])))
+    return torch.cat(masks)
+
+
+def _objective(model: torch.nn.Module) -> LTXObjective:
+    mean, std = model_normalization(model)
+    return LTXObjective(model, mean, std, mask_weight=8.0)
+
+
+@pytest.mark.parametrize("kind", ["vit", "cnn"])
+def test_batched_finetuning_equals_one_image_at_a_time_with_plain_adam(kind: str) -> None:
+    """Per-image copies under vmap, transposed storage and the fused Adam change no mask."""
+    model = make_vit() if kind == "vit" else make_cnn()
+    explainer = _trained_looking(model) if kind == "vit" else build_explainer(model)
+    obj = _objective(model)
+    pixels, target = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 3, 1])
+    got = finetune_masks(explainer, obj, pixels, target, steps=4, lr=1e-2)
+    expected = _reference_finetuning(explainer, obj, pixels, target, steps=4, lr=1e-2)
+    assert_close(got, expected, "fp32_loose")
+    assert (got - torch.sigmoid(explainer(obj.normalise(pixels)))).abs().max() > 1e-3  # the steps did something
+
+
+def _assert_same_map(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Within 1e-6 of the map's largest value (a group's shared-weight explainee passes run on
+    another batch size: the last bits of a matrix product may differ, not more)."""
+    worst = float((got - expected).abs().max())
+    assert worst <= 1e-6 * float(expected.abs().max()), worst
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_groups_of_images_give_the_one_group_masks(group: int) -> None:
+    model = make_vit()
+    explainer, obj = _trained_looking(model), _objective(model)
+    pixels, target = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 3, 4])
+    whole = finetune_masks(explainer, obj, pixels, target, steps=3, lr=1e-2)
+    grouped = finetune_masks(explainer, obj, pixels, target, steps=3, lr=1e-2, images_per_group=group)
+    _assert_same_map(grouped, whole)
+
+
+def _explainee_batches(model: torch.nn.Module, ltx: LTX, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The map and the batch size of every explainee forward pass (a hook on the user's model
+    runs in each call's view too)."""
+    sizes: list[int] = []
+    handle = model.patch_embed.register_forward_hook(lambda _m, inp, _o: sizes.append(int(inp[0].shape[0])))
+    try:
+        return ltx.attribute(x, target=[0, 1, 2, 3, 4], return_patch_map=True), sizes
+    finally:
+        handle.remove()
+
+
+def test_memory_budget_sizes_the_groups_and_does_not_change_the_map() -> None:
+    from captum_vit.explainers.ltx_objective import finetune_bytes_per_image
+
+    model = make_vit()
+    explainer = _trained_looking(model)
+    x = input_for(model, batch=5)
+    per_image = finetune_bytes_per_image(explainer, _objective(model), x)
+    trainable = sum(p.numel() * 4 for p in explainer.parameters() if p.requires_grad)
+    assert 4 * trainable < per_image < 4 * trainable + 50e6  # weights, gradient, two moments, activations
+    opts = {"explainer": explainer, "finetune_steps": 2, "finetune_lr": 1e-2}
+    whole, sizes = _explainee_batches(model, LTX(model, **opts), x)  # default 2 GiB: one group here
+    assert max(sizes) == 5
+    grouped, sizes = _explainee_batches(model, LTX(model, memory_budget=2.5 * per_image, **opts), x)
+    assert max(sizes) == 2 and sizes.count(1) >= 1, sizes  # groups of 2, 2 and 1 (plus 1-image measurements)
+    _assert_same_map(grouped, whole)
+    alone, sizes = _explainee_batches(model, LTX(model, images_per_group=1, **opts), x)
+    assert max(sizes) == 1 < len(sizes)
+    _assert_same_map(alone, whole)
+
+
+def test_bad_memory_options() -> None:
+    vit = make_vit()
+    with pytest.raises(ValueError, match="memory_budget"):
+        LTX(vit, explainer=build_explainer(vit), memory_budget=0)
+    with pytest.raises(ValueError, match="images_per_group"):
+        LTX(vit, explainer=build_explainer(vit), images_per_group=0)
+    obj, px = _objective(vit), torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="images_per_group"):
+        finetune_masks(build_explainer(vit), obj, px, torch.tensor([0]), steps=1, images_per_group=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="memory_budget"):
+        finetune_masks(build_explainer(vit), obj, px, torch.tensor([0]), steps=1, memory_budget=-1.0)

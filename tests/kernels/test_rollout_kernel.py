@@ -1,4 +1,6 @@
-"""rollout_step / attention_rollout: reference vs a loop; Triton vs reference; tiny-ViT parity."""
+"""rollout_step / attention_rollout and their row forms rollout_row_step /
+attention_rollout_rows: reference vs a loop or the matrix form; Triton vs reference; tiny-ViT
+parity."""
 
 from __future__ import annotations
 
@@ -6,7 +8,12 @@ import pytest
 import torch
 
 from captum_vit.kernels import attention_rollout, rollout_step
-from captum_vit.kernels.rollout import rollout_step_reference
+from captum_vit.kernels.rollout import (
+    attention_rollout_rows,
+    rollout_row_step,
+    rollout_row_step_reference,
+    rollout_step_reference,
+)
 from captum_vit.testing import assert_close
 
 
@@ -92,3 +99,69 @@ def test_tiny_vit_method_maps_identical(triton_device: torch.device, kind: str) 
         ref = cls(model, impl="reference", **opts).attribute(x, target=[1, 3], return_patch_map=True)
         got = cls(model, impl="triton", **opts).attribute(x, target=[1, 3], return_patch_map=True)
         assert_close(got, ref, "kernel", cls.__name__)
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Largest difference relative to the largest entry (the row form's parity measure)."""
+    return float((got.double() - want.double()).abs().max() / want.double().abs().max())
+
+
+@pytest.mark.parametrize("row_normalize", [True, False])
+@pytest.mark.parametrize("discard_ratio", [0.0, 0.6])
+@pytest.mark.parametrize("index", range(len(SHAPES)))
+def test_row_step_reference_is_the_row_of_the_factor(index: int, discard_ratio: float, row_normalize: bool) -> None:
+    a = _fused(*SHAPES[index], seed=index)
+    rows = torch.rand(SHAPES[index], generator=torch.Generator().manual_seed(9))
+    want = torch.einsum("bn,bnm->bm", rows.double(), rollout_step_reference(a.double(), discard_ratio, row_normalize))
+    got = rollout_row_step_reference(rows, a, discard_ratio, row_normalize)
+    assert _rel(got, want) <= 1e-6, f"{SHAPES[index]}"
+
+
+@pytest.mark.parametrize("row_normalize", [True, False])
+@pytest.mark.parametrize("discard_ratio", [0.0, 0.6])
+@pytest.mark.parametrize("index", range(len(SHAPES)))
+def test_row_triton_matches_reference(
+    triton_device: torch.device, index: int, discard_ratio: float, row_normalize: bool
+) -> None:
+    a = _fused(*SHAPES[index], seed=index).to(triton_device)
+    rows = torch.rand(SHAPES[index], generator=torch.Generator().manual_seed(9)).to(triton_device)
+    got = rollout_row_step(rows, a, discard_ratio, impl="triton", row_normalize=row_normalize)
+    want = rollout_row_step(rows, a, discard_ratio, impl="reference", row_normalize=row_normalize)
+    assert got.shape == want.shape and _rel(got, want) <= 1e-6, f"{SHAPES[index]}"
+
+
+def test_row_triton_fp16_attention(triton_device: torch.device) -> None:
+    a = _fused(2, 19, seed=3).half().to(triton_device)
+    rows = torch.rand(2, 19, generator=torch.Generator().manual_seed(9)).to(triton_device)
+    got = rollout_row_step(rows, a, impl="triton")
+    assert got.dtype == torch.float32  # accumulates in float32, as the reference
+    assert _rel(got, rollout_row_step_reference(rows, a.float())) <= 1e-6
+
+
+@pytest.mark.parametrize("kind", ["cls", "reg", "avg"])
+def test_tiny_vit_rollout_rows_are_rows_of_the_product(triton_device: torch.device, kind: str) -> None:
+    from captum_vit.models.hooks import record_attention
+    from captum_vit.testing import make_vit
+
+    model = make_vit(kind, depth=4).to(triton_device)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(triton_device)
+    with torch.no_grad(), record_attention(model, detach=True) as rec:
+        model(x)
+    attn = rec.stacked()
+    rows = torch.rand(2, attn.shape[-1], generator=torch.Generator().manual_seed(1)).to(triton_device)
+    for start, fusion, discard, normalize in ((0, "mean", 0.0, True), (1, "max", 0.9, True), (0, "mean", 0.0, False)):
+        full = torch.einsum("bn,bnm->bm", rows, attention_rollout(attn, start, fusion, discard, "reference", normalize))
+        for impl in ("reference", "triton"):
+            got = attention_rollout_rows(attn, rows, start, fusion, discard, impl, normalize)
+            assert _rel(got, full) <= 1e-6, f"{impl} start={start} {fusion} discard={discard} normalize={normalize}"
+
+
+def test_row_bad_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="rows must be a \\(2, 3\\)"):
+        rollout_row_step(torch.rand(2, 4), torch.rand(2, 3, 3))
+    with pytest.raises(ValueError, match="fused"):
+        rollout_row_step(torch.rand(2, 3), torch.rand(2, 3, 4))
+    with pytest.raises(ValueError, match="discard_ratio"):
+        rollout_row_step(torch.rand(1, 3), torch.rand(1, 3, 3), 1.0)
+    with pytest.raises(ValueError, match="start_layer"):
+        attention_rollout_rows(torch.rand(2, 1, 1, 3, 3), torch.rand(1, 3), start_layer=2)
