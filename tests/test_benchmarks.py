@@ -49,3 +49,21 @@ def test_token_scaling_script_runs_tiny(capsys: pytest.CaptureFixture[str]) -> N
     assert all(f"| {case} |" in out for case in ("rollout", "gae", "attention_gradcam", "raw_attention")), out
     mem = token_scaling.memory_case("gae", batch=1, tiny=True)  # what each child process of the memory table runs
     assert mem["peak_gb"] >= mem["base_gb"] > 0
+
+
+def test_method_table_runs_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.speed import method_table
+
+    out = tmp_path / "table.md"
+    tiny = '{"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2, "num_classes": 5}'
+    args = ["--models", "vit_tiny_patch16_224", "--model-kwargs", tiny, "--batches", "2", "--repeats", "1"]
+    method_table.main([*args, "--methods", "iia", "--out", str(out)])  # a fresh process per cell: keep it to two
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    ratio, peak, forward_peak = (float(c) for c in row.split("|")[4:7])
+    assert row.startswith("| `iia` | vit_tiny_patch16_224 | 2 |") and ratio > 1, row  # 36 passes > one forward
+    assert peak >= forward_peak > 0, row  # the same start-up, plus the method's own memory
+    text = out.read_text()
+    assert (
+        text.startswith("Command: `python -m benchmarks.speed.method_table --models vit_tiny_patch16_224")
+        and row in text
+    )

@@ -76,7 +76,8 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     device = torch.device(cell["device"])
     model = _build(cell["model"], cell["model_kwargs"], device)
-    size = model.patch_embed.img_size  # type: ignore[union-attr]
+    patch_embed: Any = model.patch_embed  # timm: img_size is the (H, W) the model was built for
+    size = [int(s) for s in patch_embed.img_size]
     x = torch.randn(cell["batch"], 3, *size, generator=torch.Generator().manual_seed(1)).to(device)
     target = [i % model.num_classes for i in range(cell["batch"])]  # type: ignore[operator]
 

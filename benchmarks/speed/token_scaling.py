@@ -2,11 +2,12 @@
 
 Latency of rollout, GAE (row form, the default, and ``product="full"``), attention Grad-CAM and
 raw attention as a ratio to one forward pass of the same batch, at 197 tokens (ViT-S/16 at
-224), 785 (ViT-S/16 at 448) and 1,370 (DINOv2-S/14 at 518), random timm weights; one thread,
+224), 785 (ViT-S/16 at 448) and 1,370 (DINOv2-S/14 at 518), random timm weights, with the
+floors the methods cannot go below (:data:`FLOORS`); one thread,
 medians of interleaved rounds (the machine is shared: only ratios measured in one run mean
 anything). Then the peak memory of each method at 448 px against a plain forward and a
-forward+backward to the input, each case in a fresh process (``ru_maxrss`` high-water mark
-minus the one after building the model and the input). Run::
+forward+backward to the input, each case in a fresh process (the peak RSS minus the one after
+building the model and the input, :func:`peak_rss_gb`). Run::
 
     .venv/bin/python -m benchmarks.speed.token_scaling            # batch 1, memory at batch 8
     .venv/bin/python -m benchmarks.speed.token_scaling --batch 8 --sizes 197 --no-memory
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from benchmarks.speed._timing import interleaved_medians
 from captum_vit.attr import AttentionGradCAM, AttentionRollout, GenericAttention, RawAttention
+from captum_vit.models.hooks import record_attention
 
 #: tokens -> (timm name, image size, label)
 SIZES: dict[int, tuple[str, int, str]] = {
@@ -39,7 +41,7 @@ SIZES: dict[int, tuple[str, int, str]] = {
     1370: ("vit_small_patch14_dinov2", 518, "DINOv2-S/14 @518"),
 }
 #: the same families, 2 blocks 32 wide (the smoke test)
-TINY = {"depth": 2, "embed_dim": 32, "num_heads": 2}
+TINY: dict[str, Any] = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 TINY_IMG = {197: 32, 785: 64, 1370: 42}
 MEMORY_TOKENS = 785
 
@@ -51,7 +53,11 @@ METHODS: dict[str, Callable[[nn.Module], Any]] = {
     "attention_gradcam": AttentionGradCAM,
     "raw_attention": RawAttention,
 }
-REFERENCES = ("forward", "forward+backward to the input")
+REFERENCES = ("forward", "forward+backward to the input", "explicit forward", "explicit forward+backward")
+#: The floors of these methods: the adapter materialises attention probabilities only on timm's
+#: explicit (unfused) attention path; rollout and raw attention need that forward, GAE that
+#: forward and a backward to block 0's attention.
+FLOORS = REFERENCES[2:]
 
 
 def build(tokens: int, tiny: bool) -> tuple[nn.Module, int]:
@@ -60,7 +66,7 @@ def build(tokens: int, tiny: bool) -> tuple[nn.Module, int]:
     torch.manual_seed(0)
     if tiny:
         size = TINY_IMG[tokens]
-    opts = TINY if tiny else {}
+    opts: dict[str, Any] = TINY if tiny else {}
     return timm.create_model(name, pretrained=False, num_classes=10, img_size=size, **opts).eval(), size
 
 
@@ -81,6 +87,16 @@ def runner(case: str, model: nn.Module, x: Tensor) -> Callable[[], object]:
             return torch.autograd.grad(model(xx)[:, 0].sum(), [xx])
 
         return forward_backward
+    if case in FLOORS:
+
+        def explicit() -> object:
+            backward = case == "explicit forward+backward"
+            with torch.set_grad_enabled(backward), record_attention(model, blocks=[0]) as rec:
+                xx = x.clone().requires_grad_(backward)
+                out, first = model(xx), rec.attentions[0]
+                return torch.autograd.grad(out[:, 0].sum(), [first]) if backward and first is not None else out
+
+        return explicit
     method = METHODS[case](model)
     return lambda: method.attribute(x, target=target, return_patch_map=True)
 
@@ -98,16 +114,29 @@ def latency(tokens: Sequence[int], batch: int, rounds: int, tiny: bool) -> dict[
     return out
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident set size in GB: ``VmHWM`` where ``/proc`` has it.
+
+    Not ``ru_maxrss`` there: it survives ``execve``, so a child started by this (large) process
+    would begin with its parent's high-water mark; ``VmHWM`` belongs to the new address space.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(line for line in f if line.startswith("VmHWM:"))
+        return int(hwm.split()[1]) / 2**20  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 def memory_case(case: str, batch: int, tiny: bool) -> dict[str, float]:
-    """In this (fresh) process: the RSS high-water mark after building the model and the input,
+    """In this (fresh) process: the peak RSS after building the model, the input and the method,
     and after one call of ``case``, in GB."""
     model, size = build(MEMORY_TOKENS, tiny)
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     fn = runner(case, model, x)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_gb()
     fn()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"base_gb": base / 2**20, "peak_gb": peak / 2**20}  # ru_maxrss is in KiB on Linux
+    return {"base_gb": base, "peak_gb": peak_rss_gb()}
 
 
 def memory(batch: int, tiny: bool) -> dict[str, dict[str, float]]:
@@ -148,7 +177,7 @@ def memory_table(mem: dict[str, dict[str, float]], batch: int, tiny: bool) -> st
     ref = mem["forward+backward to the input"]
     ref_delta = ref["peak_gb"] - ref["base_gb"]
     lines = [
-        f"Peak memory, {label}, batch {batch}: RSS high-water mark minus the one after building the "
+        f"Peak memory, {label}, batch {batch}: peak RSS (VmHWM) minus the one after building the "
         "model and the input (each case in a fresh process), and the ratio of that to the "
         "forward+backward to the input's; the absolute peak RSS and its ratio.",
         "",

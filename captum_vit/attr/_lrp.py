@@ -101,10 +101,11 @@ def residual_relevance(a: Tensor, b: Tensor, r: Tensor) -> tuple[Tensor, Tensor]
     return ra.mul_(safe_divide(share_a, sa)), rb.mul_(safe_divide(share_b, sb))
 
 
-def product_relevance(x: Tensor, y: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
-    """z-rule through the batched product ``z = x @ y``, halved per operand so their sum
-    conserves (Chefer's ``einsum`` relprop followed by ``/= 2`` in ``Attention.relprop``)."""
-    s = safe_divide(r, x @ y)
+def product_relevance(x: Tensor, y: Tensor, r: Tensor, z: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """z-rule through the batched product ``z = x @ y`` (pass ``z`` if the forward pass
+    computed it), halved per operand so their sum conserves (Chefer's ``einsum`` relprop
+    followed by ``/= 2`` in ``Attention.relprop``)."""
+    s = safe_divide(r, x @ y if z is None else z)
     return (s @ y.transpose(-1, -2)).mul_(x).div_(2), (x.transpose(-1, -2) @ s).mul_(y).div_(2)
 
 
@@ -141,12 +142,21 @@ def block_relevance(
     ``need_input=False`` the pass stops at R(A) (``r_input`` is ``None``): the rule through
     ``q kᵀ`` and the q/k/v projection are skipped.
     """
-    r_mid, r_mlp = residual_relevance(blk.mid, blk.mlp_branch, r)
-    r_hidden = linear_relevance(blk.fc2, r_mlp, alpha)  # layer scale, dropout: pass-through
-    r_mid += linear_relevance(blk.fc1, r_hidden, alpha)  # GELU, norm2 pass; clone sums
-    r_x, r_branch = residual_relevance(blk.x, blk.attn_branch, r_mid)
-    r_heads = blk.split_heads(linear_relevance(blk.proj, r_branch, alpha))
-    r_attn, r_v = product_relevance(blk.probabilities(), blk.v, r_heads)
+    # Token-wise layers pass no relevance between tokens, and a token without relevance
+    # gets none from them: the last block of a token readout works on the readout rows only.
+    rows = _rows_with_relevance(r)
+    tok = (lambda t: t) if rows is None else (lambda t: t.index_select(1, rows))  # noqa: E731
+    r_mid, r_mlp = residual_relevance(tok(blk.mid), tok(blk.mlp_branch), tok(r))
+    r_hidden = linear_relevance(LinearInput(tok(blk.fc2.x), blk.fc2.weight), r_mlp, alpha)  # layer scale, dropout pass
+    r_mid += linear_relevance(LinearInput(tok(blk.fc1.x), blk.fc1.weight), r_hidden, alpha)  # GELU, norm2 pass
+    r_x, r_branch = residual_relevance(tok(blk.x), tok(blk.attn_branch), r_mid)
+    r_o = linear_relevance(LinearInput(tok(blk.proj.x), blk.proj.weight), r_branch, alpha)
+    if rows is not None:
+        r_x, r_branch, r_o = (
+            r.new_zeros(*r.shape[:2], t.shape[-1]).index_copy_(1, rows, t) for t in (r_x, r_branch, r_o)
+        )
+    r_heads = blk.split_heads(r_o)
+    r_attn, r_v = product_relevance(blk.probabilities(), blk.v, r_heads, blk.split_heads(blk.attention_output))
     if not need_input:
         return None, r_attn, r_branch
     # softmax and attention dropout pass relevance; q kᵀ gets R(A) (the 1/sqrt(d) scale
@@ -154,6 +164,13 @@ def block_relevance(
     r_q, r_k = product_relevance(blk.q, blk.k.transpose(-1, -2), r_attn)
     r_norm1 = linear_relevance(blk.qkv, blk.merge_qkv(r_q, r_k.transpose(-1, -2), r_v), alpha)
     return r_x.add_(r_norm1), r_attn, r_branch
+
+
+def _rows_with_relevance(r: Tensor) -> Tensor | None:
+    """Indices of the token rows of ``r`` ``(B, N, D)`` non-zero in some example, or ``None``
+    when every row is."""
+    rows = r.ne(0).any(dim=-1).any(dim=0)
+    return None if bool(rows.all()) else rows.nonzero().squeeze(1)
 
 
 def embedding_relevance(emb: EmbeddingTrace, r_patches: Tensor) -> Tensor:

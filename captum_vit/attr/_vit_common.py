@@ -205,10 +205,17 @@ class AttentionAttribution(MapAttribution):
         ro = self.vit.readout
         average = ro.rows is None and not ro.attention_pool
 
+        buffer: list[Tensor] = []  # one (B, heads, N, N) buffer for every block: no fresh pages each time
+
         def on_grad(i: int, attn: Tensor, grad: Tensor) -> None:
             dt = accumulation_dtype(attn.dtype)
-            cam = grad.to(dt) * attn.to(dt)
-            on_cam(i, cam.clamp_(min=0).mean(dim=-3))
+            if not buffer or buffer[0].shape != grad.shape:
+                buffer[:] = [torch.empty(grad.shape, dtype=dt, device=grad.device)]
+            # (∇A ⊙ A)^+ = (∇A)^+ ⊙ A since A >= 0: one pass fewer over (B, heads, N, N)
+            buf = buffer[0]
+            cam = torch.clamp(grad, min=0, out=buf) if grad.dtype == dt else buf.copy_(grad).clamp_(min=0)
+            cam.mul_(attn)
+            on_cam(i, cam.mean(dim=-3))
 
         with record_attention(self.vit, tokens=average, on_grad=on_grad) as rec:
             logits = self._forward(x.requires_grad_(True), forward_args)

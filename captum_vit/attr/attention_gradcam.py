@@ -25,6 +25,10 @@ class AttentionGradCAM(AttentionAttribution):
     the map is all zero. That happens on real models (distilled DeiT, DINOv2), so it is never
     silent: an :class:`~captum_vit.attr.EmptyMapWarning` names the images whose map is empty.
 
+    Only the last block's attention is recorded and differentiated: the blocks before it run
+    without a graph, and the backward pass stops at the attention (it was taken through
+    every block before, about 2.2x a forward and a forward+backward's memory).
+
     Parameters
     ----------
     model : nn.Module
@@ -52,10 +56,15 @@ class AttentionGradCAM(AttentionAttribution):
     def _patch_map(self, x: Tensor, target: Tensor | None, forward_args: tuple[Any, ...]) -> Tensor:
         self._check_readout()
         last = self.vit.num_blocks - 1
-        # The last attention as a leaf of its own: the backward stops there, whatever the
-        # model's parameters require (it was run through every block before, 2.2x a forward).
-        leaf = {last: lambda a: a.detach().requires_grad_(True)}
-        with record_attention(self.vit, override=leaf, blocks=[last]) as rec:
+
+        def leaf(attn: Tensor) -> Tensor:
+            # The blocks before ran without a graph: nothing before this attention is
+            # differentiated. From here on the forward is recorded, with the attention as a
+            # leaf (same value, same gradient), so the backward stops at it.
+            torch.set_grad_enabled(True)
+            return attn.detach().requires_grad_(True)
+
+        with torch.no_grad(), record_attention(self.vit, override={last: leaf}, blocks=[last]) as rec:
             score, _ = self._target_score(self._forward(x, forward_args), target)
             attn = rec.attentions[last]
             assert attn is not None

@@ -99,8 +99,10 @@ class IIA(AttentionAttribution):
         Path points (rows, across examples) per forward/backward pass, as captum's
         ``IntegratedGradients``. ``None`` (default) chooses it from ``memory_budget``: one
         forward of one image measures the bytes of every module's output (an estimate of what
-        a backward pass keeps per row; ViT-Ti at 224 px: 62 MB), and a pass gets as many rows as
-        fit. The result does not depend on it (per-example sums accumulate in float64).
+        a backward pass keeps per row; ViT-Ti at 224 px: 62 MB; ViT-S: 123 MB, where the peak
+        RSS grows by 80-90 MB per row, so the estimate errs on the safe side), and a pass gets
+        as many rows as fit. The result does not depend on it (per-example sums accumulate in
+        float64), and neither does the memory on the batch size: the ceiling is per pass.
     memory_budget : float
         Bytes of activations one pass may hold when ``internal_batch_size`` is ``None``
         (default 1 GiB: 16 rows of ViT-Ti or 8 of ViT-S at 224 px; at least one row).

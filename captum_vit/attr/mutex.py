@@ -31,7 +31,8 @@ STATISTICS = ("coherence", "max", "min", "sum", "std", "sum_std", "median", "ske
 CENTRALITIES = ("in", "out")
 #: How the ``median`` statistic treats an even layer count (see :func:`node_statistics`).
 MEDIANS = ("lower", "mean_of_middle")
-#: Copies of one image's attention probabilities the graph stage holds at once (measured).
+#: Copies of one image's attention probabilities the graph stage is budgeted for (the record,
+#: its stacked copy, kernel temporaries); ViT-S/16 measured 1.5 copies per image at the peak.
 GRAPH_COPIES = 4
 
 
@@ -237,10 +238,10 @@ class MUTEX(AttentionAttribution):
         See :class:`~captum_vit.attr.MapAttribution`; the masks are scored by the softmax of
         its scores, so it should return several class scores.
     memory_budget : float
-        Bytes of attention graphs held at once: the graphs (and masks) are built for as many
-        images at a time as fit, ``GRAPH_COPIES`` copies of an image's ``(L, heads, N, N)``
-        probabilities each (ViT-S/16 at 224 px: 45 MB, so 23 images per group with the
-        default 1 GiB; at least one). The result does not depend on it.
+        Bytes of attention graphs held at once: graphs and masks are built for as many images
+        at a time as fit, ``GRAPH_COPIES`` copies of an image's ``(L, heads, N, N)``
+        probabilities each (ViT-S/16: 45 MB, 23 images with the default 1 GiB; at least one).
+        The map does not depend on it.
 
     Raises
     ------
@@ -371,7 +372,6 @@ class MUTEX(AttentionAttribution):
         """Consecutive images whose attention graphs fit ``memory_budget`` together."""
         h, w = self.vit.grid_size((x.shape[-2], x.shape[-1]))
         n = self.vit.num_prefix_tokens + h * w
-        # the recorded probabilities, their stacked copy and the kernel's temporaries
         per_image = GRAPH_COPIES * self.vit.num_blocks * self.vit.num_heads * n * n * x.element_size()
         size = max(1, int(self.memory_budget // per_image))
         return [slice(s, s + size) for s in range(0, x.shape[0], size)]

@@ -26,7 +26,8 @@ class RawAttention(AttentionAttribution):
     head_fusion : str
         ``"mean"`` (default), ``"max"``, ``"min"`` or ``"sum"``.
 
-    Not class-specific: ``target`` is validated but does not change the map.
+    Not class-specific: ``target`` is validated but does not change the map. Only block
+    ``layer`` is recorded, fused over heads as it runs.
 
     Examples
     --------

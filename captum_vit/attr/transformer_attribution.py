@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_vit.attr._lrp import cast_trace, block_relevance, head_relevance, pixel_relevance
+from captum_vit.attr._lrp import block_relevance, cast_trace, head_relevance, pixel_relevance
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
 from captum_vit.kernels._common import check_impl, fuse_heads
@@ -47,6 +47,15 @@ class TransformerAttribution(AttentionAttribution):
     (correlation 0.8 with the float32 map on the shipped synthetic ViT); the float32 view
     gives the float32 model's map.
 
+    Cost: one forward pass, one backward pass (to each block's attention output ``O = A v``
+    from ``start_layer`` up: ``∇A = (∂y/∂O) vᵀ``) and one relevance pass down to
+    ``start_layer`` only. The relevance pass recomputes each block's attention probabilities
+    from the recorded q and k, and fuses the heads of ``(∇A ⊙ R(A))⁺`` as soon as a block is
+    done, so nothing ``(B, heads, N, N)`` is held for more than one block, by the trace or by
+    autograd (:mod:`captum_vit.models.lrp_trace`): the peak memory is that of a plain forward
+    and backward pass plus one block's attention-sized buffers
+    (``benchmarks/speed/test_bench_tattr.py`` measures latency and memory).
+
     Parameters
     ----------
     model : nn.Module
@@ -71,6 +80,8 @@ class TransformerAttribution(AttentionAttribution):
         CUDA tensors), ``"reference"`` or ``"triton"``.
     interpolate_mode : str, optional
         Upsampling of the patch map (default bilinear, as the paper).
+    output_fn : None
+        Refused (``ValueError``) when given: relevance starts from the head's logits.
 
     Raises
     ------
@@ -113,9 +124,15 @@ class TransformerAttribution(AttentionAttribution):
         normalize_rows: bool = False,
         impl: str = "auto",
         interpolate_mode: str | None = None,
+        output_fn: Any = None,
     ) -> None:
         super().__init__(model, interpolate_mode)
         check_lrp_supported(self.vit)
+        if output_fn is not None:  # accepted as every method's option, to refuse with the reason
+            raise ValueError(
+                "output_fn is not supported: relevance propagates from the classifier head's logit of the target, "
+                "not from other scores"
+            )
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         n = self.vit.num_blocks

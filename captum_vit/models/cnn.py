@@ -89,6 +89,11 @@ class CNNAdapter:
             self.stage_names: list[str] = [str(d["module"]) for _, d in self._info]
         elif all(hasattr(model, f"layer{i}") for i in range(1, 5)) and any(_convs(model)):
             self.stage_names = [f"layer{i}" for i in range(1, 5)]  # torchvision (and timm) ResNets
+        elif is_vit(model):  # any ViT family, or a pipeline holding one
+            raise TypeError(
+                f"model of type {type(model).__name__} is a ViT, not a feature backbone: explain it with the "
+                f"attention methods (vit_gradcam for Grad-CAM); supported here: {SUPPORTED_CNNS}"
+            )
         else:
             raise TypeError(f"model of type {type(model).__name__} is not a supported CNN; supported: {SUPPORTED_CNNS}")
         self._setup()

@@ -28,6 +28,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from captum_vit.models.hooks import flatten_tokens, removing_hooks
+from captum_vit.models.saved_attention import ProbabilitiesSaver
 from captum_vit.models.vit import ViTAdapter
 
 
@@ -56,6 +57,7 @@ class BlockTrace:
     k: Tensor  # (B, heads, N, head_dim) after k_norm
     v: Tensor  # (B, heads, N, head_dim)
     scale: float  # the attention's 1/sqrt(head_dim)
+    attention_output: Tensor  # A v, heads merged (B, N, heads*head_dim), before the attention's norm
     proj: LinearInput  # head outputs merged (B, N, heads*head_dim) -> proj
     attn_branch: Tensor  # the summand added to x (after layer scale and drop path)
     mid: Tensor  # x + attn_branch (B, N, D)
@@ -134,6 +136,7 @@ class LRPTrace:
             k=g("k"),
             v=g("v"),
             scale=float(blk.attn.scale),
+            attention_output=g("attn_out").detach(),
             proj=LinearInput(g("proj_in"), blk.attn.proj.weight.detach()),
             attn_branch=g("attn_branch"),
             mid=g("mid"),
@@ -214,6 +217,8 @@ def check_lrp_supported(model: nn.Module | ViTAdapter) -> ViTAdapter:
         attention pooling (``global_pool='map'``), whose head has no relevance rules here.
     """
     adapter = model if isinstance(model, ViTAdapter) else ViTAdapter(model)
+    if adapter.lrp_unsupported is not None:
+        raise TypeError(f"Transformer Attribution does not support {type(adapter.module).__name__}: {adapter.lrp_unsupported}")
     for i, blk in enumerate(adapter.blocks):
         if type(blk) is not Block or not isinstance(blk.mlp, Mlp):
             raise TypeError(
@@ -288,7 +293,7 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
     def put_embed(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
         trace.raw["embed"] = flatten_tokens(out.detach())
 
-    saver = _ProbabilitiesSaver(trace)
+    saver = ProbabilitiesSaver(lambda i: trace.block(i).probabilities())
     with adapter.explicit_attention(), removing_hooks() as hs, saver.hooks():
         blocks: list[Any] = adapter.blocks  # checked timm Blocks
         for i, (s, blk) in enumerate(zip(trace.raw_blocks, blocks)):
@@ -326,80 +331,3 @@ def record_lrp_trace(model: nn.Module | ViTAdapter) -> Iterator[LRPTrace]:
                 m.head_dist.register_forward_hook(put(r, "head_dist")),
             ]
         yield trace
-
-
-class _Saved:
-    """A tensor autograd saved during a block's attention; ``tensor`` is dropped (``None``:
-    recompute block ``block``'s probabilities, as a view of this size and stride) once it
-    turns out to be those probabilities."""
-
-    def __init__(self, tensor: Tensor | None, block: int, view: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
-        self.tensor, self.block, self.view = tensor, block, view
-
-
-class _ProbabilitiesSaver:
-    """Saved-tensor hooks that keep autograd from holding any block's attention probabilities.
-
-    Softmax saves its output before the probabilities are known (they are known at the
-    attention-dropout hook, an identity in eval mode), so a tensor of their size saved inside
-    the block is held until then, and dropped if it is them (``A v`` saves a reshaped view of
-    them: same storage). The backward recomputes them from the trace's q and k with the
-    forward's own operations (the same values bit for bit), once per block: both the softmax
-    and the ``A v`` backward read them.
-    """
-
-    def __init__(self, trace: LRPTrace) -> None:
-        self.trace = trace
-        self.block: int | None = None
-        self.numel = 0
-        self.ptr: int | None = None
-        self.pending: list[_Saved] = []
-        self.cache: tuple[int, Tensor] | None = None
-
-    def entering(self, i: int) -> Callable[..., None]:
-        def hook(_m: nn.Module, _inp: tuple[Tensor, ...], k: Tensor) -> None:
-            self.block, self.numel, self.ptr, self.pending = i, k[..., 0].numel() * k.shape[-2], None, []
-
-        return hook
-
-    def computed(self, m: nn.Module, _inp: tuple[Tensor, ...], probs: Tensor) -> None:
-        if (m.training and getattr(m, "p", 0.0) > 0) or not probs.is_contiguous():
-            return  # dropout changed them, or an unknown layout: keep what is saved
-        self.ptr = probs.data_ptr()
-        for saved in self.pending:
-            if saved.tensor is not None and self._is_probs(saved.tensor):
-                saved.tensor = None
-
-    def leaving(self, *_args: object) -> None:
-        self.block, self.pending = None, []
-
-    def _is_probs(self, t: Tensor) -> bool:
-        return t.data_ptr() == self.ptr and t.numel() == self.numel and t.is_contiguous()
-
-    def pack(self, t: Tensor) -> Tensor | _Saved:
-        if self.block is None or t.numel() != self.numel:
-            return t
-        saved = _Saved(t, self.block, (tuple(t.shape), tuple(t.stride())))
-        if self.ptr is not None and self._is_probs(t):
-            saved.tensor = None
-        else:
-            self.pending.append(saved)
-        return saved
-
-    def unpack(self, saved: Tensor | _Saved) -> Tensor:
-        if isinstance(saved, Tensor):
-            return saved
-        if saved.tensor is not None:
-            return saved.tensor
-        if self.cache is None or self.cache[0] != saved.block:
-            self.cache = None  # free the previous block's before computing the next
-            self.cache = (saved.block, self.trace.block(saved.block).probabilities())
-        return self.cache[1].as_strided(*saved.view)
-
-    @contextmanager
-    def hooks(self) -> Iterator[None]:
-        try:
-            with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack):
-                yield
-        finally:
-            self.cache, self.pending = None, []

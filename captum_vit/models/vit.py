@@ -394,7 +394,7 @@ class ViTAdapter:
         """Why Transformer Attribution's relevance rules do not cover this model, or ``None``."""
         if type(self) is ViTAdapter:
             return None
-        return f"its relevance-propagation rules cover timm VisionTransformer blocks, not {self.family}"
+        return f"its relevance-propagation rules cover the pre-norm Block of timm's ViT, not {self.family}"
 
     def final_tokens(self, x: Tensor) -> Tensor:
         """The final (normed) token states ``(B, N, D)`` of images ``x`` (what the pooling and

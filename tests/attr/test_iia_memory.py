@@ -86,3 +86,15 @@ def test_memory_budget_does_not_change_the_vit_map_under_half_precision() -> Non
     b = IIA(half, n_steps=2, internal_batch_size=18).attribute(x, target=[0, 1], return_patch_map=True)
     assert a.dtype == torch.float32
     assert_close(a, b, "fp32_loose")
+
+
+def test_rows_per_pass_do_not_grow_with_the_batch() -> None:
+    """The budget bounds a pass whatever the batch size: the ceiling is per pass, not per batch."""
+    model = make_vit("cls")
+    per_pass = []
+    for batch in (1, 4):
+        x = input_for(model, batch=batch)
+        sizes = _pass_sizes(IIA(model, memory_budget=1e6), model, x, list(range(batch)))[1]
+        assert sizes[0] == 1 and sum(sizes[1:]) == 36 * batch, sizes  # the estimate's one image, then the rows
+        per_pass.append(max(sizes[1:]))
+    assert per_pass[0] == per_pass[1] < 36, per_pass

@@ -163,10 +163,11 @@ def test_batched_finetuning_equals_one_image_at_a_time_with_plain_adam(kind: str
 
 
 def _assert_same_map(got: torch.Tensor, expected: torch.Tensor) -> None:
-    """Within 1e-6 of the map's largest value (a group's shared-weight explainee passes run on
-    another batch size: the last bits of a matrix product may differ, not more)."""
-    worst = float((got - expected).abs().max())
-    assert worst <= 1e-6 * float(expected.abs().max()), worst
+    """Not bit-exact: a group's passes run on another batch size, and the last bits of the
+    batched matrix products differ with it (by 1e-7 already before any step); Adam's first
+    step, ``lr * g / |g|``, turns a near-zero gradient's rounding into up to ``2 lr``. The
+    tolerance of batched vs per-example results."""
+    assert_close(got, expected, "fp32_loose")
 
 
 @pytest.mark.parametrize("group", [1, 2])
@@ -174,8 +175,9 @@ def test_groups_of_images_give_the_one_group_masks(group: int) -> None:
     model = make_vit()
     explainer, obj = _trained_looking(model), _objective(model)
     pixels, target = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 3, 4])
-    whole = finetune_masks(explainer, obj, pixels, target, steps=3, lr=1e-2)
-    grouped = finetune_masks(explainer, obj, pixels, target, steps=3, lr=1e-2, images_per_group=group)
+    whole = finetune_masks(explainer, obj, pixels, target, steps=3, lr=1e-3)
+    grouped = finetune_masks(explainer, obj, pixels, target, steps=3, lr=1e-3, images_per_group=group)
+    assert (whole - torch.sigmoid(explainer(obj.normalise(pixels)))).abs().max() > 1e-4  # the steps did something
     _assert_same_map(grouped, whole)
 
 
@@ -199,14 +201,15 @@ def test_memory_budget_sizes_the_groups_and_does_not_change_the_map() -> None:
     per_image = finetune_bytes_per_image(explainer, _objective(model), x)
     trainable = sum(p.numel() * 4 for p in explainer.parameters() if p.requires_grad)
     assert 4 * trainable < per_image < 4 * trainable + 50e6  # weights, gradient, two moments, activations
-    opts = {"explainer": explainer, "finetune_steps": 2, "finetune_lr": 1e-2}
+    opts = {"explainer": explainer, "finetune_steps": 2, "finetune_lr": 1e-3}
+    # passes: the prediction on the batch, the estimate's one image, then the groups' steps
     whole, sizes = _explainee_batches(model, LTX(model, **opts), x)  # default 2 GiB: one group here
-    assert max(sizes) == 5
+    assert sizes[:2] == [5, 1] and set(sizes[2:]) == {5}, sizes
     grouped, sizes = _explainee_batches(model, LTX(model, memory_budget=2.5 * per_image, **opts), x)
-    assert max(sizes) == 2 and sizes.count(1) >= 1, sizes  # groups of 2, 2 and 1 (plus 1-image measurements)
+    assert sizes[:2] == [5, 1] and set(sizes[2:]) == {2, 1} and sizes[-1] == 1, sizes  # groups of 2, 2, 1
     _assert_same_map(grouped, whole)
     alone, sizes = _explainee_batches(model, LTX(model, images_per_group=1, **opts), x)
-    assert max(sizes) == 1 < len(sizes)
+    assert sizes[0] == 5 and set(sizes[1:]) == {1}, sizes  # no estimate needed
     _assert_same_map(alone, whole)
 
 

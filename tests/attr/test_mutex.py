@@ -266,3 +266,22 @@ def test_registered_and_options_validated() -> None:
             MUTEX(model, **opts)  # type: ignore[arg-type]
     m = MUTEX(model, head_fusions=("sum",), token_ratio=1.0).explain_masks(input_for(model, batch=1))
     assert m.masks.shape == (1, 18, 16) and (m.masks.sum(-1) >= 1).all()
+
+
+def test_memory_budget_groups_images_without_changing_the_map() -> None:
+    """A budget below one image's graphs builds them one image at a time; the map is the same."""
+    model = make_vit("reg")
+    x = input_for(model, batch=3)
+    seen: list[int] = []
+    handle = model.patch_embed.register_forward_hook(lambda _m, inp, _o: seen.append(int(inp[0].shape[0])))
+    try:
+        whole = MUTEX(model).attribute(x, target=[0, 1, 2], return_patch_map=True)
+        assert seen[0] == 3  # one graph pass over the batch, then the scoring passes
+        seen.clear()
+        one_by_one = MUTEX(model, memory_budget=1).attribute(x, target=[0, 1, 2], return_patch_map=True)
+        assert seen[:3] == [1, 1, 1], seen
+    finally:
+        handle.remove()
+    assert_close(one_by_one, whole, "exact")
+    with pytest.raises(ValueError, match="memory_budget"):
+        MUTEX(model, memory_budget=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -24,7 +25,11 @@ from tests.models.test_instrumentation import siglip_like
 
 KINDS = (*ALL_VIT_KINDS, "map")  # every readout: class, class+distillation, registers, avg, attention pool
 TARGETS = [1, 3, 0]
-ROLLOUT_OPTIONS = ({}, {"head_fusion": "max", "discard_ratio": 0.5, "start_layer": 1}, {"head_fusion": "min"})
+ROLLOUT_OPTIONS: tuple[dict[str, Any], ...] = (
+    {},
+    {"head_fusion": "max", "discard_ratio": 0.5, "start_layer": 1},
+    {"head_fusion": "min"},
+)
 
 
 def _model(kind: str, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -118,7 +123,8 @@ def test_gradcam_backward_stops_at_the_last_block(frozen: bool) -> None:
 
         return hook
 
-    handles = [b.attn.attn_drop.register_forward_hook(watch(k)) for k, b in enumerate(model.blocks)]
+    blocks: list[Any] = list(model.blocks)  # type: ignore[arg-type]
+    handles = [b.attn.attn_drop.register_forward_hook(watch(k)) for k, b in enumerate(blocks)]
     try:
         maps = _maps(AttentionGradCAM(model), input_for(model, batch=3))
     finally:

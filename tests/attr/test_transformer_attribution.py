@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 from captum_vit.attr import TransformerAttribution
 from captum_vit.attr._lrp import linear_relevance, propagate, residual_relevance
+from captum_vit.models.hooks import record_attention
 from captum_vit.models.lrp_trace import LinearInput, record_lrp_trace
-from captum_vit.testing import assert_close, input_for, make_vit
+from captum_vit.testing import ALL_VIT_KINDS, assert_close, input_for, make_vit
 
 METHODS = ("transformer_attribution", "rollout", "last_layer", "full")
 
@@ -186,10 +187,10 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, nn.Module]:
-    return {k: make_vit(k).double() for k in ("cls", "dist", "reg", "avg", "rect")}
+    return {k: make_vit(k).double() for k in ALL_VIT_KINDS}
 
 
-@pytest.mark.parametrize("kind", ["cls", "dist", "reg", "avg", "rect"])
+@pytest.mark.parametrize("kind", ALL_VIT_KINDS)
 def test_matches_per_example_reference(models: dict[str, nn.Module], kind: str) -> None:
     model = models[kind]
     x = input_for(model, batch=2).double()
@@ -305,3 +306,42 @@ def test_rejects_bad_arguments_and_unsupported_models() -> None:
         TransformerAttribution(make_vit("cls", mlp_layer=timm.layers.SwiGLU, act_layer=nn.SiLU))
     with pytest.raises(ValueError, match="pool"):
         TransformerAttribution(make_vit("avg", global_pool="map"))
+
+
+def test_trace_recomputes_attention_bit_for_bit_and_autograd_holds_none() -> None:
+    # The float32 maps are sensitive to the forward's rounding (LRP's divisions by sums near
+    # zero amplify it), so the trace must see exactly timm's explicit attention: the same
+    # probabilities bit for bit, and ∂y/∂A = (∂y/∂O) vᵀ equal to autograd's ∂y/∂A.
+    model = make_vit("reg")
+    x = input_for(model, batch=2)
+    with record_attention(model) as rec:
+        logits = model(x)
+        probs = [a for a in rec.attentions if a is not None]
+        want = torch.autograd.grad(logits[:, 1].sum(), probs)
+    seen: list[Tensor] = []
+    handles = [b.attn.attn_drop.register_forward_hook(lambda _m, _i, out: seen.append(out)) for b in model.blocks]
+    try:
+        with record_lrp_trace(model) as trace:
+            logits = model(x)
+            # autograd keeps a recomputed copy of each block's probabilities, not the forward's
+            saved = [f._saved_result for f in _graph_nodes(logits.grad_fn) if type(f).__name__ == "SoftmaxBackward0"]
+            assert len(saved) == len(model.blocks)
+            assert {t.data_ptr() for t in saved}.isdisjoint(a.data_ptr() for a in seen)
+            outs = [trace.attention_output(i) for i in range(len(model.blocks))]
+            grads = torch.autograd.grad(logits[:, 1].sum(), outs)
+    finally:
+        for h in handles:
+            h.remove()
+    for i, (blk, g, p, w) in enumerate(zip(trace.blocks(), grads, probs, want)):
+        assert torch.equal(blk.probabilities(), p.detach()), f"block {i} probabilities"
+        assert_close(blk.split_heads(g) @ blk.v.transpose(-1, -2), w, "fp32", f"block {i} gradient")
+
+
+def _graph_nodes(root) -> list:
+    seen, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.append(node)
+            stack += [f for f, _ in node.next_functions]
+    return seen
