@@ -208,6 +208,9 @@ class MapAttribution(GradientAttribution):
     #: Explain a half-precision model on a float32 view (float32 copies of its weights, for
     #: the call only): for methods whose result is unstable under half-precision arithmetic.
     float32_view: ClassVar[bool] = False
+    #: The method warns about all-zero maps itself (with its own reason); otherwise
+    #: ``attribute`` warns for any image whose map is zero everywhere.
+    warns_empty: ClassVar[bool] = False
 
     @property
     def runs_explainee(self) -> bool:
@@ -369,6 +372,11 @@ class MapAttribution(GradientAttribution):
             fargs = tuple(_usable(a) for a in fargs)
             # a float32 view of a half-precision model (``float32_view``) takes float32 images
             pmap = self._patch_map(_usable(x).detach().to(self.adapter.dtype), _usable(idx), fargs)
+        if not self.warns_empty:  # methods that clamp warn with their own reason
+            warn_if_empty(
+                pmap.detach().abs(), type(self).__name__,
+                "every value is zero: nothing the method reads depends on the explained score, e.g. a zero classifier head",
+            )  # fmt: skip
         return patch_map_output(pmap, x, is_tuple, return_patch_map, self.interpolate_mode)
 
     def attribute_future(self, *args: Any, **kwargs: Any) -> Any:

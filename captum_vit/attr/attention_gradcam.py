@@ -48,6 +48,8 @@ class AttentionGradCAM(AttentionAttribution):
     torch.Size([1, 3, 32, 32])
     """
 
+    warns_empty = True
+
     def __init__(
         self, model: nn.Module, interpolate_mode: str | None = None, output_fn: OutputFn | None = None
     ) -> None:

@@ -54,6 +54,8 @@ class GradCAM(MapAttribution):
     torch.Size([1, 4, 4])
     """
 
+    warns_empty = True
+
     model_kinds: ClassVar[tuple[str, ...]] = ("cnn",)
 
     def __init__(

@@ -45,6 +45,8 @@ class ViTGradCAM(AttentionAttribution):
     torch.Size([1, 3, 32, 32])
     """
 
+    warns_empty = True
+
     def __init__(
         self,
         model: nn.Module,
