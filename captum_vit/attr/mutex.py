@@ -23,7 +23,8 @@ from captum_vit.attr._targets import resolve_targets
 from captum_vit.attr._vit_common import AttentionAttribution
 from captum_vit.kernels import attention_graph_centralities
 from captum_vit.kernels._common import HEAD_FUSIONS, check_head_fusion, check_impl
-from captum_vit.models.hooks import keep_patch_tokens, mask_patch_tokens, record_attention
+from captum_vit.models.hooks import record_attention
+from captum_vit.models.token_selection import keep_patch_tokens, mask_patch_tokens
 
 #: The nine cross-layer statistics of docs/methods.md §4.1 step 5, in this order.
 STATISTICS = ("coherence", "max", "min", "sum", "std", "sum_std", "median", "skewness", "kurtosis")

@@ -4,13 +4,13 @@ from captum_vit.models.hooks import (
     AttentionRecord,
     HiddenStates,
     count_output_bytes,
-    keep_patch_tokens,
     record_activations,
     record_attention,
     record_hidden_states,
     replace_patch_embeddings,
 )
 from captum_vit.models.pretrained import list_pretrained, load_pretrained
+from captum_vit.models.token_selection import keep_patch_tokens, mask_patch_tokens
 from captum_vit.models.view import private_view, unwrap_compiled
 from captum_vit.models.vit import (
     SUPPORTED_VITS,
@@ -34,6 +34,7 @@ __all__ = [
     "is_vit",
     "keep_patch_tokens",
     "list_pretrained",
+    "mask_patch_tokens",
     "load_pretrained",
     "private_view",
     "record_activations",

@@ -17,9 +17,10 @@ transformers = pytest.importorskip("transformers")
 
 from captum_vit.attr import EmptyMapWarning, get_method, list_methods  # noqa: E402
 from captum_vit.models import ViTAdapter  # noqa: E402
-from captum_vit.models.hooks import keep_patch_tokens, record_attention, replace_patch_embeddings  # noqa: E402
+from captum_vit.models.hooks import record_attention, replace_patch_embeddings  # noqa: E402
 from captum_vit.models.preprocess import model_logits  # noqa: E402
 from captum_vit.models.spec_hf import HFImageClassifier  # noqa: E402
+from captum_vit.models.token_selection import keep_patch_tokens  # noqa: E402
 from captum_vit.models.view import private_view  # noqa: E402
 from captum_vit.testing import assert_close  # noqa: E402
 from captum_vit.testing.contract import assert_untouched, options_for, snapshot  # noqa: E402

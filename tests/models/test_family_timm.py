@@ -21,7 +21,8 @@ from captum_vit.attr.mutex import MUTEX
 from captum_vit.explainers import build_explainer
 from captum_vit.models import ViTAdapter
 from captum_vit.models.families.timm_relative import BeitAdapter, EvaAdapter, RelPosViTAdapter
-from captum_vit.models.hooks import keep_patch_tokens, mask_patch_tokens, record_attention, record_hidden_states
+from captum_vit.models.hooks import record_attention, record_hidden_states
+from captum_vit.models.token_selection import keep_patch_tokens, mask_patch_tokens
 from captum_vit.models.view import private_view
 from captum_vit.testing import assert_close
 from captum_vit.testing.contract import assert_untouched, options_for, snapshot

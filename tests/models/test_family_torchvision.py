@@ -18,7 +18,8 @@ from captum_vit.attr import EmptyMapWarning, get_method, list_methods
 from captum_vit.models import ViTAdapter
 from captum_vit.models.families._mha import MHA_PROBE, explicit_mha, probed_mha
 from captum_vit.models.families.torchvision_vit import TorchvisionViTAdapter
-from captum_vit.models.hooks import keep_patch_tokens, record_attention, replace_patch_embeddings
+from captum_vit.models.hooks import record_attention, replace_patch_embeddings
+from captum_vit.models.token_selection import keep_patch_tokens
 from captum_vit.models.view import private_view
 from captum_vit.testing import assert_close
 from captum_vit.testing.contract import assert_untouched, options_for, snapshot
