@@ -25,6 +25,10 @@ from captum_vit.models.wrapped import preprocess_of
 
 A = TypeVar("A", bound="ViTAdapter")
 
+#: Name of the probe child every family installs on a module inside ``explicit_attention()``
+#: (its output is the attention probabilities that hooks read or replace).
+PROBE_NAME = "captum_vit_probe"
+
 SUPPORTED_VITS = (
     "timm VisionTransformer and its subclasses (vit_*, deit_*, deit3_*, DINOv2, CLIP, SigLIP, FlexiViT, including "
     "distilled DeiT, register-token and attention-pooled models) built from timm.layers.Attention blocks"
@@ -328,13 +332,21 @@ class ViTAdapter:
         attention dropout, an identity in eval mode). Hooks read or replace that output."""
         return [a.attn_drop for a in self.attentions]
 
+    def _probe_children(self) -> list[nn.Module]:
+        """Per block, the :data:`PROBE_NAME` child a family installs on each attention module
+        inside :meth:`explicit_attention` (families whose probe is not timm's ``attn_drop``)."""
+        probes = [a._modules.get(PROBE_NAME) for a in self.attentions]
+        if any(p is None for p in probes):
+            raise RuntimeError(f"{self.family}: attention is explicit only inside ViTAdapter.explicit_attention()")
+        return [p for p in probes if p is not None]
+
     def pool_attention_probe(self) -> nn.Module | None:
         """Inside :meth:`explicit_attention`, the module whose output is the attention pool's
         probe attention ``(B, heads, 1, N)``; ``None`` for models without attention pooling."""
         pool = self.attention_pool
         if pool is None:
             return None
-        probe = pool._modules.get(_POOL_PROBE)
+        probe = pool._modules.get(PROBE_NAME)
         if probe is None:
             raise RuntimeError("the pool's attention is explicit only inside ViTAdapter.explicit_attention()")
         return probe
@@ -353,19 +365,19 @@ class ViTAdapter:
         saved = [a.fused_attn for a in self.attentions]
         pool = self.attention_pool
         # Re-entrant: an enclosing call's probe (and the hooks on it) stays in place.
-        pool = None if pool is not None and _POOL_PROBE in pool._modules else pool
+        pool = None if pool is not None and PROBE_NAME in pool._modules else pool
         try:
             for a in self.attentions:
                 a.fused_attn = False
             if pool is not None:
-                pool._modules[_POOL_PROBE] = nn.Identity()
+                pool._modules[PROBE_NAME] = nn.Identity()
                 pool.forward = types.MethodType(_explicit_pool_forward, pool)
             yield
         finally:
             for a, flag in zip(self.attentions, saved):
                 a.fused_attn = flag
             if pool is not None:
-                pool._modules.pop(_POOL_PROBE, None)
+                pool._modules.pop(PROBE_NAME, None)
                 pool.__dict__.pop("forward", None)
 
     @property
@@ -470,9 +482,6 @@ class ViTAdapter:
         return patches.reshape(-1, h, w)
 
 
-_POOL_PROBE = "captum_vit_probe"
-
-
 def _explicit_pool_forward(self: Any, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
     """timm's ``AttentionPoolLatent.forward`` with the unfused attention, its probabilities
     passed through the probe module (``tests/models`` checks it against timm's own forward)."""
@@ -485,7 +494,7 @@ def _explicit_pool_forward(self: Any, x: Tensor, attn_mask: Tensor | None = None
     logits = (q * self.scale) @ k.transpose(-2, -1)
     if attn_mask is not None:
         logits = logits + attn_mask
-    attn = self._modules[_POOL_PROBE](logits.softmax(dim=-1))
+    attn = self._modules[PROBE_NAME](logits.softmax(dim=-1))
     x = (attn @ v).transpose(1, 2).reshape(b, self.latent_len, c)
     x = self.proj_drop(self.proj(x))
     if self.mlp is not None:

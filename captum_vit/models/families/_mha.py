@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_vit.models.vit import PROBE_NAME
+
 #: Name of the probe child installed by :func:`probed_mha`.
-MHA_PROBE = "captum_vit_probe"
+MHA_PROBE = PROBE_NAME
 
 
 def _projections(mha: nn.MultiheadAttention) -> tuple[Tensor, Tensor, Tensor]:

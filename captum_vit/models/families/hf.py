@@ -253,10 +253,7 @@ class HFViTAdapter(ViTAdapter):
     @property
     def attention_probes(self) -> list[nn.Module]:
         """Per block, the probe child of the attention module (inside :meth:`explicit_attention`)."""
-        probes = [a._modules.get(PROBE) for a in self.attentions]
-        if any(p is None for p in probes):
-            raise RuntimeError("Hugging Face attention is explicit only inside ViTAdapter.explicit_attention()")
-        return [p for p in probes if p is not None]
+        return self._probe_children()
 
     def pool_attention_probe(self) -> nn.Module | None:
         """SigLIP: the pooling head's probe ``(B, heads, 1, N)``; DINOv2 classifiers: the probe

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_vit.models.vit import PROBE_NAME
+
 #: Name of the registered attention function and of the probe child it calls.
-PROBE = "captum_vit_probe"
+PROBE = PROBE_NAME
 
 
 def probe_attention(

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from captum_vit.models.families._mha import MHA_PROBE, probed_mha
+from captum_vit.models.families._mha import probed_mha
 from captum_vit.models.vit import Readout, ViTAdapter, register_family, supported_vits
 
 _TV_MODULE = "torchvision.models.vision_transformer"
@@ -130,10 +130,7 @@ class TorchvisionViTAdapter(ViTAdapter):
     @property
     def attention_probes(self) -> list[nn.Module]:
         """Per block, the probe child of ``self_attention`` (only inside :meth:`explicit_attention`)."""
-        probes = [a._modules.get(MHA_PROBE) for a in self.attentions]
-        if any(p is None for p in probes):
-            raise RuntimeError("torchvision's attention is explicit only inside ViTAdapter.explicit_attention()")
-        return [p for p in probes if p is not None]
+        return self._probe_children()
 
     def pool_attention_probe(self) -> nn.Module | None:
         return None
