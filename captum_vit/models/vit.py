@@ -176,8 +176,11 @@ class ViTAdapter:
 
     def rebuild(self: A, model: nn.Module) -> A:
         """The same family's adapter of ``model`` (a private view of :attr:`model`), with the
-        same inner path."""
-        return type(self)(model, self.inner or None)
+        same inner path: built on every call, so the family is not looked up again and the
+        inner ViT is not searched for (``""`` is the model itself)."""
+        new = object.__new__(type(self))
+        new.__init__(model, self.inner)  # type: ignore[misc]
+        return new
 
     def _setup(self, module: nn.Module) -> None:
         """Validate ``module`` and find its blocks (raise ``TypeError`` naming the problem)."""
