@@ -19,7 +19,8 @@ from torch import Tensor
 
 from captum_vit.attr._base import MapAttribution
 from captum_vit.kernels._common import accumulation_dtype
-from captum_vit.models.hooks import AttentionRecord, record_attention
+from captum_vit.models.hooks import AttentionRecord, record_activations, record_attention
+from captum_vit.models.recomputed_attention import attention_gradients, recomputes_attention
 from captum_vit.models.vit import ViTAdapter
 
 
@@ -217,13 +218,29 @@ class AttentionAttribution(MapAttribution):
             cam.mul_(attn)
             on_cam(i, cam.mean(dim=-3))
 
-        with record_attention(self.vit, tokens=average, on_grad=on_grad) as rec:
-            logits = self._forward(x.requires_grad_(True), forward_args)
-            score, _ = self._target_score(logits, target)
-            pooled = [t for t in (rec.pool, rec.tokens) if t is not None]
-            # block 0's gradient needs every later block's: the backward runs through every hook
-            assert rec.attentions[0] is not None
-            grads = torch.autograd.grad(score, [rec.attentions[0], *pooled], allow_unused=True)
+        def rule5(attn: Tensor, grad: Tensor) -> Tensor:
+            dt = accumulation_dtype(attn.dtype)
+            return grad.to(dt).clamp_(min=0).mul_(attn.to(dt)).mean(dim=-3)
+
+        if recomputes_attention(self.vit) and not ro.attention_pool:
+            # fused attention; each block's rule 5 recomputed, a slice of rows at a time, as
+            # its gradient arrives
+            with attention_gradients(self.vit, rule5, on_cam) as outputs, record_activations([self.vit.pool_input]) as final:
+                logits = self._forward(x.requires_grad_(True), forward_args)
+                score, _ = self._target_score(logits, target)
+                rec = AttentionRecord(tokens=final[0] if average else None)
+                first = outputs[0]
+                pooled = [rec.tokens] if rec.tokens is not None else []
+                assert first is not None
+                grads = torch.autograd.grad(score, [first, *pooled], allow_unused=True)
+        else:
+            with record_attention(self.vit, tokens=average, on_grad=on_grad) as rec:
+                logits = self._forward(x.requires_grad_(True), forward_args)
+                score, _ = self._target_score(logits, target)
+                pooled = [t for t in (rec.pool, rec.tokens) if t is not None]
+                # block 0's gradient needs every later block's: the backward runs through every hook
+                assert rec.attentions[0] is not None
+                grads = torch.autograd.grad(score, [rec.attentions[0], *pooled], allow_unused=True)
         if not pooled:
             return None, None
         grad = grads[1] if grads[1] is not None else torch.zeros_like(pooled[0])

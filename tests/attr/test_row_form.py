@@ -71,7 +71,9 @@ def test_gae_row_form_matches_full_product_float64(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_gae_row_form_float32(kind: str) -> None:
-    """Token readouts: row and full forms agree to 1e-6. Pooled readouts read
+    """Token readouts: row and full forms agree to 1e-5 (the row form runs timm's fused
+    attention kernel and recomputes each block's probabilities, the full form the explicit
+    path: their backward passes round differently; up to 2.9e-6 seen; float64 above: 1e-6). Pooled readouts read
     ``norm_rows(R - I)``, whose small gained part the full form recovers by subtracting the
     identity from ``R`` (float32 keeps ~7 digits of ``1 + small``: 1.8e-2 relative error on the
     attention-pooled model); the row form accumulates the gained part directly, so it is the
@@ -80,7 +82,7 @@ def test_gae_row_form_float32(kind: str) -> None:
     x = input_for(model, batch=3)
     row = _maps(GenericAttention(model), x)
     if kind not in ("avg", "map"):
-        assert _rel(row, _maps(GenericAttention(model, product="full"), x)) <= 1e-6, kind
+        assert _rel(row, _maps(GenericAttention(model, product="full"), x)) <= 1e-5, kind
     truth = _maps(GenericAttention(copy.deepcopy(model).double(), product="full"), x.double())
     assert _rel(row, truth) <= 1e-5, kind
 

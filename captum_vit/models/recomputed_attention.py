@@ -1,0 +1,232 @@
+"""Attention probabilities and their gradients without timm's explicit attention path.
+
+Hooks that read a ViT's attention probabilities need them materialised: timm's explicit path
+(:meth:`ViTAdapter.explicit_attention`) computes ``softmax(q kᵀ · scale)`` as a
+``(B, heads, N, N)`` tensor per block, and autograd keeps every block's for the backward pass:
+``O(blocks · N²)`` memory and, at large token counts, a slower forward and backward than the
+fused ``scaled_dot_product_attention`` kernel.
+
+A method that needs, per block, only a reduction of the probabilities ``A`` and of their
+gradient ``∂y/∂A`` (GAE's ``mean_h((∇A ⊙ A)^+)``, docs/methods.md §9) can run the fused
+kernel instead and recompute both when the block's backward step arrives: ``A`` from the
+block's ``q`` and ``k`` (as timm's explicit path computes it), and ``∂y/∂A = (∂y/∂O) vᵀ`` from
+the gradient of the attention output ``O = A v``. One block's probabilities exist at a time,
+and autograd keeps what the fused kernel keeps.
+
+This applies to blocks whose attention is timm's standard ``Attention`` (ViT, DeiT, DINOv2,
+CLIP, SigLIP, FlexiViT, ... ; :func:`recomputes_attention`); other families keep the explicit
+path. Like every hook in :mod:`captum_vit.models.hooks`, the context instruments the model it
+is given (a method's private view), and restores the fused-attention flags on exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from timm.layers.attention import Attention
+from torch import Tensor, nn
+
+from captum_vit.models.hooks import removing_hooks
+from captum_vit.models.vit import ViTAdapter
+
+#: ``on_grad(block, probabilities, grad)``: a block's ``(B, heads, N, N)`` attention
+#: probabilities and the gradient of the differentiated output with respect to them.
+OnGrad = Callable[[int, Tensor, Tensor], None]
+
+
+def recomputes_attention(adapter: ViTAdapter) -> bool:
+    """Whether every block's attention is timm's standard ``Attention``, whose probabilities
+    :func:`attention_gradients` can recompute from ``q`` and ``k`` (in eval mode, or with no
+    attention dropout).
+
+    Examples
+    --------
+    >>> import timm
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, img_size=32)
+    >>> recomputes_attention(ViTAdapter(m.eval()))
+    True
+    """
+    attentions = [getattr(b, "attn", None) for b in adapter.blocks]
+    return all(
+        type(a) is Attention and (not a.training or a.attn_drop.p == 0) and getattr(a, "gate", None) is None
+        for a in attentions
+    )
+
+
+def _additive_mask(n: int, like: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor | None:
+    """The additive bias ``scaled_dot_product_attention`` applies for ``attn_mask`` /
+    ``is_causal`` (``-inf`` where a boolean mask is ``False``)."""
+    if is_causal:
+        return like.new_full((n, n), float("-inf")).triu_(1)
+    if attn_mask is None:
+        return None
+    if attn_mask.dtype == torch.bool:
+        return torch.zeros_like(attn_mask, dtype=like.dtype).masked_fill_(~attn_mask, float("-inf"))
+    return attn_mask
+
+
+def probabilities(q: Tensor, k: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
+    """``softmax(q · scale kᵀ + mask)``, the operations and their order of timm's explicit
+    attention path (so the result is the tensor that path computes).
+
+    Examples
+    --------
+    >>> q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
+    >>> p = probabilities(q, k, 0.5)
+    >>> torch.allclose(p, torch.softmax(q @ k.transpose(-2, -1) * 0.5, -1), atol=1e-6)
+    True
+    """
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores + mask
+    return scores.softmax(dim=-1)
+
+
+def _sliced(
+    q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, scale: float, mask: Tensor | None, reduce: Reduce
+) -> Tensor:
+    """``reduce(A, (∂y/∂O) vᵀ)`` for every query row, ``(B, N, N)``, computed a slice of
+    images and rows at a time; ``A`` as :func:`probabilities` computes it."""
+    b, h, n, _ = q.shape
+    rows = max(1, SLICE_FLOATS // (h * n))
+    vt = v.transpose(-2, -1)
+    out: Tensor | None = None
+    for j in range(b):
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            m = None if mask is None else mask.expand(b, h, n, n)[j : j + 1, :, s:e]
+            p = probabilities(q[j : j + 1, :, s:e], k[j : j + 1], scale, m)
+            r = reduce(p, grad_out[j : j + 1, :, s:e] @ vt[j : j + 1])
+            if out is None:
+                out = r.new_empty((b, n, n))
+            out[j : j + 1, s:e] = r
+    assert out is not None
+    return out
+
+
+@contextmanager
+def fused_attention(adapter: ViTAdapter) -> Iterator[None]:
+    """Run every block's attention through the fused kernel for the duration (restored on
+    exit); the model is a method's private view."""
+    saved = [a.fused_attn for a in adapter.attentions]
+    try:
+        for a in adapter.attentions:
+            a.fused_attn = True
+        yield
+    finally:
+        for a, flag in zip(adapter.attentions, saved):
+            a.fused_attn = flag
+
+
+#: ``reduce(probabilities, grad) -> (B, rows, N)``: what a method keeps of a slice of query
+#: rows of a block's ``(B, heads, rows, N)`` probabilities and gradient (both may be overwritten).
+Reduce = Callable[[Tensor, Tensor], Tensor]
+
+#: floats per slice of query rows that :func:`attention_gradients` works on at a time (~1 MB)
+SLICE_FLOATS = 2**18
+
+
+@contextmanager
+def attention_gradients(
+    adapter: ViTAdapter, reduce: Reduce, on_grad: Callable[[int, Tensor], None]
+) -> Iterator[list[Tensor | None]]:
+    """Hand ``reduce`` of each block's attention probabilities and their gradient,
+    ``(B, N, N)``, to ``on_grad(block, reduced)`` during a backward pass, last block first,
+    while the forward and backward run the fused attention kernel.
+
+    Both are recomputed a slice of query rows at a time (about :data:`SLICE_FLOATS` floats,
+    so that a slice stays in the processor's cache through ``reduce``), and ``reduce``
+    applies to each slice: it must work row by row (a reduction over heads does).
+
+    Yields a list with one entry per block: the block's attention output ``O = A v`` (heads
+    merged, ``(B, N, heads · head_dim)``, in the autograd graph) once a forward pass reached
+    it. Take the gradient of a score with respect to block 0's entry to run every block's
+    hook (``torch.autograd.grad``; nothing accumulates into ``.grad``). The probabilities are
+    recomputed from ``q`` and ``k`` as timm's explicit path computes them; the gradient is
+    ``(∂y/∂O) vᵀ`` per head, which equals autograd's gradient on the explicit path up to the
+    rounding of the fused backward.
+
+    Raises
+    ------
+    TypeError
+        If a block's attention is not timm's ``Attention`` (see :func:`recomputes_attention`).
+
+    Examples
+    --------
+    >>> import timm
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                       depth=2, img_size=32).eval()
+    >>> x = torch.rand(2, 3, 32, 32)
+    >>> seen = []
+    >>> def head_mean(a, g):
+    ...     return (a * g).mean(dim=1)
+    >>> with attention_gradients(ViTAdapter(m), head_mean, lambda i, r: seen.append((i, r.shape))) as outs:
+    ...     _ = torch.autograd.grad(m(x)[:, 0].sum(), outs[0])
+    >>> seen
+    [(1, torch.Size([2, 5, 5])), (0, torch.Size([2, 5, 5]))]
+    """
+    if not recomputes_attention(adapter):
+        raise TypeError("attention_gradients needs timm's standard Attention in every block, in eval mode")
+    n = adapter.num_blocks
+    outputs: list[Tensor | None] = [None] * n
+    inputs: list[dict[str, Any]] = [{} for _ in range(n)]
+
+    def on_call(i: int) -> Callable[..., None]:
+        def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            mask, causal = kwargs.get("attn_mask"), bool(kwargs.get("is_causal", False))
+            if mask is None and len(args) > 1:
+                mask = args[1]
+            inputs[i].clear()
+            inputs[i].update(mask=mask, causal=causal)
+
+        return hook
+
+    def keep(i: int, key: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
+            inputs[i][key] = out.detach()
+
+        return hook
+
+    def keep_v(i: int, a: Any) -> Callable[..., None]:
+        def hook(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
+            b, t, _ = out.shape
+            inputs[i]["v"] = out.detach().reshape(b, t, 3, a.num_heads, a.head_dim)[:, :, 2].transpose(1, 2)
+
+        return hook
+
+    def on_output(i: int, a: Any) -> Callable[..., None]:
+        def hook(_m: nn.Module, inp: tuple[Tensor, ...]) -> None:
+            out = inp[0]
+            outputs[i] = out
+            if not out.requires_grad:
+                return
+            # a one-shot holder: the graph must not keep q, k, v alive after the hook ran
+            held = [inputs[i].copy()]
+
+            def on_backward(g: Tensor) -> None:
+                if not held:
+                    return
+                saved = held.pop()
+                q, k, v = saved["q"], saved["k"], saved["v"]
+                b, t, _ = g.shape
+                grad_out = g.reshape(b, t, a.num_heads, a.head_dim).transpose(1, 2)
+                mask = _additive_mask(t, q, saved["mask"], saved["causal"])
+                on_grad(i, _sliced(q, k, v, grad_out, a.scale, mask, reduce))
+
+            out.register_hook(on_backward)
+
+        return hook
+
+    with fused_attention(adapter), removing_hooks() as handles:
+        for i, a in enumerate(adapter.attentions):
+            handles += [
+                a.register_forward_pre_hook(on_call(i), with_kwargs=True),
+                a.qkv.register_forward_hook(keep_v(i, a)),
+                a.q_norm.register_forward_hook(keep(i, "q")),
+                a.k_norm.register_forward_hook(keep(i, "k")),
+                a.norm.register_forward_pre_hook(on_output(i, a)),
+            ]
+        yield outputs
