@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor
 from captum_vit.attr._base import MapAttribution
 from captum_vit.kernels._common import accumulation_dtype
 from captum_vit.models.hooks import AttentionRecord, record_activations, record_attention
-from captum_vit.models.recomputed_attention import attention_gradients, recomputes_attention
+from captum_vit.models.recomputed_attention import attention_gradients, attention_reductions, recomputes_attention
 from captum_vit.models.vit import ViTAdapter
 
 
@@ -187,9 +188,17 @@ class AttentionAttribution(MapAttribution):
         def reduce(_i: int, attn: Tensor) -> Tensor:
             return fuse(attn.to(accumulation_dtype(attn.dtype)))
 
-        with torch.no_grad(), record_attention(self.vit, detach=True, blocks=blocks, reduce=reduce) as rec:
-            self._forward(x, forward_args)
-        fused = [rec.attentions[i % self.vit.num_blocks] for i in blocks]
+        n = self.vit.num_blocks
+        if recomputes_attention(self.vit) and not self.vit.readout.attention_pool:
+            # the probabilities a slice of rows at a time, fused as they are computed
+            wanted = tuple(sorted({i % n for i in blocks}))
+            with torch.no_grad(), attention_reductions(self.vit, partial(reduce, 0), wanted) as kept:
+                self._forward(x, forward_args)
+            rec = AttentionRecord(kept)
+        else:
+            with torch.no_grad(), record_attention(self.vit, detach=True, blocks=blocks, reduce=reduce) as rec:
+                self._forward(x, forward_args)
+        fused = [rec.attentions[i % n] for i in blocks]
         assert all(f is not None for f in fused)
         pool = None if rec.pool is None else rec.pool[:, :, 0].to(accumulation_dtype(rec.pool.dtype))
         return [f for f in fused if f is not None], pool
@@ -225,7 +234,10 @@ class AttentionAttribution(MapAttribution):
         if recomputes_attention(self.vit) and not ro.attention_pool:
             # fused attention; each block's rule 5 recomputed, a slice of rows at a time, as
             # its gradient arrives
-            with attention_gradients(self.vit, rule5, on_cam) as outputs, record_activations([self.vit.pool_input]) as final:
+            with (
+                attention_gradients(self.vit, rule5, on_cam) as outputs,
+                record_activations([self.vit.pool_input]) as final,
+            ):
                 logits = self._forward(x.requires_grad_(True), forward_args)
                 score, _ = self._target_score(logits, target)
                 rec = AttentionRecord(tokens=final[0] if average else None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -85,24 +86,38 @@ def probabilities(q: Tensor, k: Tensor, scale: float, mask: Tensor | None = None
     return scores.softmax(dim=-1)
 
 
+def _row_slices(q: Tensor, k: Tensor, scale: float, mask: Tensor | None) -> Iterator[tuple[int, slice, Tensor]]:
+    """``(image, rows, probabilities)`` for slices of about :data:`SLICE_FLOATS` floats of
+    one image's query rows, ``(1, heads, rows, N)``, as :func:`probabilities` computes them
+    (``q · scale`` and a contiguous ``kᵀ`` made once per image)."""
+    b, h, n, _ = q.shape
+    rows = max(1, SLICE_FLOATS // (h * n))
+    masks = None if mask is None else mask.expand(b, h, n, n)
+    for j in range(b):
+        qs, kt = q[j] * scale, k[j].transpose(-2, -1).contiguous()
+        for s in range(0, n, rows):
+            sl = slice(s, min(n, s + rows))
+            scores = qs[:, sl] @ kt
+            if masks is not None:
+                scores = scores + masks[j, :, sl]
+            yield j, sl, scores.softmax(dim=-1)[None]
+
+
 def _sliced(
     q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, scale: float, mask: Tensor | None, reduce: Reduce
 ) -> Tensor:
     """``reduce(A, (∂y/∂O) vᵀ)`` for every query row, ``(B, N, N)``, computed a slice of
-    images and rows at a time; ``A`` as :func:`probabilities` computes it."""
-    b, h, n, _ = q.shape
-    rows = max(1, SLICE_FLOATS // (h * n))
-    vt = v.transpose(-2, -1)
+    images and rows at a time (:func:`_row_slices`)."""
+    b, _, n, _ = q.shape
     out: Tensor | None = None
-    for j in range(b):
-        for s in range(0, n, rows):
-            e = min(n, s + rows)
-            m = None if mask is None else mask.expand(b, h, n, n)[j : j + 1, :, s:e]
-            p = probabilities(q[j : j + 1, :, s:e], k[j : j + 1], scale, m)
-            r = reduce(p, grad_out[j : j + 1, :, s:e] @ vt[j : j + 1])
-            if out is None:
-                out = r.new_empty((b, n, n))
-            out[j : j + 1, s:e] = r
+    vt = go = v
+    for j, rows, p in _row_slices(q, k, scale, mask):
+        if rows.start == 0:
+            vt, go = v[j].transpose(-2, -1).contiguous(), grad_out[j].contiguous()
+        r = reduce(p, (go[:, rows] @ vt)[None])
+        if out is None:
+            out = r.new_empty((b, n, n))
+        out[j : j + 1, rows] = r
     assert out is not None
     return out
 
@@ -230,3 +245,85 @@ def attention_gradients(
                 a.norm.register_forward_pre_hook(on_output(i, a)),
             ]
         yield outputs
+
+
+def _reducing_forward(
+    self: Any,
+    keep: Callable[[Tensor], None],
+    reduce: Callable[[Tensor], Tensor],
+    x: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+) -> Tensor:
+    """timm ``Attention.forward`` on its explicit path, a slice of images and query rows at a
+    time (the slice's probabilities stay in cache for ``A v`` and ``reduce``); hands the
+    ``(B, N, N)`` result of ``reduce`` to ``keep``. Eval mode without attention gates
+    (:func:`recomputes_attention`)."""
+    b, n, _ = x.shape
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = self.q_norm(q), self.k_norm(k)
+    mask = _additive_mask(n, q, attn_mask, is_causal)
+    out = v.new_empty(b, self.num_heads, n, self.head_dim)
+    kept: Tensor | None = None
+    vj = v
+    for j, rows, p in _row_slices(q, k, self.scale, mask):
+        if rows.start == 0:
+            vj = v[j].contiguous()
+        out[j, :, rows] = p[0] @ vj
+        r = reduce(p)
+        if kept is None:
+            kept = r.new_empty((b, n, n))
+        kept[j : j + 1, rows] = r
+    assert kept is not None
+    keep(kept)
+    y = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
+    return self.proj_drop(self.proj(y))  # type: ignore[no-any-return]
+
+
+@contextmanager
+def attention_reductions(
+    adapter: ViTAdapter, reduce: Callable[[Tensor], Tensor], blocks: tuple[int, ...]
+) -> Iterator[list[Tensor | None]]:
+    """A forward pass without gradients in which each of ``blocks``' attention hands
+    ``reduce`` of its probabilities, ``(B, N, N)``, to the yielded list (one entry per block,
+    ``None`` for the others), a slice of images and query rows at a time (about
+    :data:`SLICE_FLOATS` floats): no block's ``(B, heads, N, N)`` probabilities exist at once,
+    and they are read while in cache. ``reduce`` must work row by row (a reduction over heads
+    does). The other blocks run the fused kernel.
+
+    The blocks' forward is replaced on the model it is given (a method's private view) for the
+    duration, by timm's explicit path computed in slices (the same operations; the outputs
+    match the unsliced path up to rounding).
+
+    Raises
+    ------
+    TypeError
+        If a block's attention is not timm's ``Attention`` (see :func:`recomputes_attention`).
+    RuntimeError
+        If called with gradients enabled (the sliced forward is not meant to be differentiated).
+
+    Examples
+    --------
+    >>> import timm
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+    ...                       depth=2, img_size=32).eval()
+    >>> with torch.no_grad(), attention_reductions(ViTAdapter(m), lambda a: a.mean(1), (1,)) as kept:
+    ...     _ = m(torch.rand(2, 3, 32, 32))
+    >>> kept[0] is None, tuple(kept[1].shape)
+    (True, (2, 5, 5))
+    """
+    if not recomputes_attention(adapter):
+        raise TypeError("attention_reductions needs timm's standard Attention in every block, in eval mode")
+    if torch.is_grad_enabled():
+        raise RuntimeError("attention_reductions runs without gradients (use torch.no_grad())")
+    kept: list[Tensor | None] = [None] * adapter.num_blocks
+    patched = [adapter.attentions[i] for i in blocks]
+    try:
+        for i, a in zip(blocks, patched):
+            a.forward = partial(_reducing_forward, a, partial(kept.__setitem__, i), reduce)
+        with fused_attention(adapter):
+            yield kept
+    finally:
+        for a in patched:
+            a.__dict__.pop("forward", None)

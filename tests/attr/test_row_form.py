@@ -108,7 +108,7 @@ def test_raw_attention_and_gradcam_unchanged(kind: str) -> None:
     model = _model(kind)
     x = input_for(model, batch=3)
     raw, cam = _old_raw_and_gradcam(model, x)
-    assert torch.equal(_maps(RawAttention(model), x), raw), kind
+    assert _rel(_maps(RawAttention(model), x), raw) <= 1e-6, kind  # sliced vs whole explicit path: rounding
     assert _rel(_maps(AttentionGradCAM(model), x), cam) <= 1e-6, kind
 
 
