@@ -2,8 +2,10 @@
 
 Latency of rollout, GAE (row form, the default, and ``product="full"``), attention Grad-CAM and
 raw attention as a ratio to one forward pass of the same batch, at 197 tokens (ViT-S/16 at
-224), 785 (ViT-S/16 at 448) and 1,370 (DINOv2-S/14 at 518), random timm weights, with the
-floors the methods cannot go below (:data:`FLOORS`); one thread,
+224), 785 (ViT-S/16 at 448) and 1,370 (DINOv2-S/14 at 518), random timm weights, against a
+forward (and a forward+backward to the input) with timm's fused attention, and the same on
+timm's explicit attention path (:data:`FLOORS`: what recording every block's probabilities
+with hooks costs, the path of the other model families and of ``product="full"``); one thread,
 medians of interleaved rounds (the machine is shared: only ratios measured in one run mean
 anything). Then the peak memory of each method at 448 px against a plain forward and a
 forward+backward to the input, each case in a fresh process (the peak RSS minus the one after
@@ -54,9 +56,10 @@ METHODS: dict[str, Callable[[nn.Module], Any]] = {
     "raw_attention": RawAttention,
 }
 REFERENCES = ("forward", "forward+backward to the input", "explicit forward", "explicit forward+backward")
-#: The floors of these methods: the adapter materialises attention probabilities only on timm's
-#: explicit (unfused) attention path; rollout and raw attention need that forward, GAE that
-#: forward and a backward to block 0's attention.
+#: The explicit-attention references: timm's unfused path, which hooks on the probabilities need.
+#: On timm's standard ``Attention`` rollout, raw attention and GAE no longer run it: they compute
+#: each block's probabilities a slice of query rows at a time beside the fused kernel
+#: (:mod:`captum_vit.models.recomputed_attention`); their floors are the first two references.
 FLOORS = REFERENCES[2:]
 
 
