@@ -38,7 +38,9 @@ class AttentionRollout(AttentionAttribution):
     product : str
         ``"row"`` (default): only the classifier's row(s) ``r`` of the product, as the chain
         ``r A'_{L-1} ... A'_{start}`` of vector-matrix products (``O(N^2)`` per block), each
-        block's attention fused over heads in its forward hook and then dropped; ``"full"``:
+        block's attention fused over heads as it is computed and then dropped (on timm's
+        standard attention a slice of query rows at a time, in cache,
+        :func:`~captum_vit.models.recomputed_attention.attention_reductions`); ``"full"``:
         the ``(B, N, N)`` product of every block's factor (``O(N^3)`` per block), then its
         rows. Both give the same map up to rounding (``tests/attr/test_row_form.py``).
 
