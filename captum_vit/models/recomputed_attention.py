@@ -277,7 +277,7 @@ def _reducing_forward(
         kept[j : j + 1, rows] = r
     assert kept is not None
     keep(kept)
-    y = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
+    y = self.norm(out.transpose(1, 2).reshape(b, n, -1))
     return self.proj_drop(self.proj(y))  # type: ignore[no-any-return]
 
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 import captum_vit.models.recomputed_attention as ra
 from captum_vit.models import ViTAdapter
 from captum_vit.models.hooks import record_attention
-from captum_vit.models.recomputed_attention import attention_gradients, recomputes_attention
+from captum_vit.models.recomputed_attention import attention_gradients, attention_reductions, recomputes_attention
 
 HEADS = 4
 
@@ -124,3 +124,58 @@ def test_masks_follow_scaled_dot_product_attention(mask: str) -> None:
     bias = ra._additive_mask(6, q, m, causal)
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
     assert torch.allclose(ra.probabilities(q, k, attn.scale, bias) @ v, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("slice_floats", [2**18, 7])
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+def test_reductions_equal_recorded_probabilities(
+    mask: str | None, slice_floats: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sliced forward's outputs equal the model's, and each head's recorded probabilities
+    equal the explicit path's, with or without an attention mask passed to the model."""
+    monkeypatch.setattr(ra, "SLICE_FLOATS", slice_floats)
+    model = _vit(qk_norm=True)
+    x = torch.rand(2, 3, 32, 32)
+    n = 17
+    torch.manual_seed(3)
+    m: Tensor | None = None
+    if mask == "bool":
+        m = torch.rand(2, 1, n, n) > 0.3
+        m[..., 0] = True
+    elif mask == "float":
+        m = torch.randn(2, 1, n, n)
+    with torch.no_grad(), record_attention(model, detach=True) as rec:
+        want_logits = model(x, attn_mask=m)
+    for h in range(HEADS):
+        with torch.no_grad(), attention_reductions(ViTAdapter(model), lambda a, h=h: a[:, h], (0, 2)) as kept:  # type: ignore[misc]
+            logits = model(x, attn_mask=m)
+        assert kept[1] is None
+        assert _rel(logits, want_logits) <= 1e-5
+        for i in (0, 2):
+            got, ref = kept[i], rec.attentions[i]
+            assert got is not None and ref is not None
+            assert _rel(got, ref[:, h]) <= 1e-6, (h, i)
+    assert not any("forward" in b.attn.__dict__ for b in model.blocks)  # type: ignore[union-attr]
+    with pytest.raises(RuntimeError, match="no_grad"), attention_reductions(ViTAdapter(model), lambda a: a[:, 0], (0,)):
+        pass
+
+
+def test_gradients_with_an_attention_mask() -> None:
+    """A mask passed to the model reaches the recomputation (captured from the call)."""
+    model = _vit()
+    x = torch.rand(2, 3, 32, 32)
+    torch.manual_seed(4)
+    m = torch.rand(2, 1, 17, 17) > 0.4
+    m[..., 0] = True
+    want: dict[int, Tensor] = {}
+    with record_attention(model, on_grad=lambda i, a, g: want.__setitem__(i, (g.clamp(min=0) * a).mean(1))) as rec:
+        assert rec is not None
+        out = model(x, attn_mask=m)
+        torch.autograd.grad(out[:, 1].sum(), [rec.attentions[0]])  # type: ignore[list-item]
+    got: dict[int, Tensor] = {}
+    with attention_gradients(ViTAdapter(model), lambda a, g: (g.clamp(min=0) * a).mean(1), got.__setitem__) as outs:
+        out = model(x, attn_mask=m)
+        torch.autograd.grad(out[:, 1].sum(), [outs[0]])  # type: ignore[list-item]
+    for i in want:
+        assert _rel(got[i], want[i]) <= 1e-5, i
+        assert bool((got[i][~m[:, 0]] == 0).all())  # masked keys get no relevance
