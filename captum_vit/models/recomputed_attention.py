@@ -86,21 +86,38 @@ def probabilities(q: Tensor, k: Tensor, scale: float, mask: Tensor | None = None
     return scores.softmax(dim=-1)
 
 
-def _row_slices(q: Tensor, k: Tensor, scale: float, mask: Tensor | None) -> Iterator[tuple[int, slice, Tensor]]:
-    """``(image, rows, probabilities)`` for slices of about :data:`SLICE_FLOATS` floats of
-    one image's query rows, ``(1, heads, rows, N)``, as :func:`probabilities` computes them
-    (``q · scale`` and a contiguous ``kᵀ`` made once per image)."""
+#: floats per slice of probabilities computed at a time on a CPU (~1 MB: in cache)
+SLICE_FLOATS = 2**18
+#: the same on a GPU (256 MB: whole blocks for most models and batches)
+CUDA_SLICE_FLOATS = 2**26
+
+
+def _slice_floats(device: torch.device) -> int:
+    """Floats per slice: :data:`SLICE_FLOATS` on a CPU (cache-sized), :data:`CUDA_SLICE_FLOATS`
+    on a GPU (where few large kernels beat many cache-sized ones)."""
+    return CUDA_SLICE_FLOATS if device.type == "cuda" else SLICE_FLOATS
+
+
+def _row_slices(q: Tensor, k: Tensor, scale: float, mask: Tensor | None) -> Iterator[tuple[slice, slice, Tensor]]:
+    """``(images, rows, probabilities)`` for slices of about :func:`_slice_floats` floats,
+    ``(images, heads, rows, N)``: whole images while one fits, else a slice of one image's
+    query rows; as :func:`probabilities` computes them (``q · scale`` and a contiguous ``kᵀ``
+    made once per group of images)."""
     b, h, n, _ = q.shape
-    rows = max(1, SLICE_FLOATS // (h * n))
+    budget = _slice_floats(q.device)
+    per_image = h * n * n
+    images = max(1, budget // per_image) if per_image <= budget else 1
+    rows = n if per_image <= budget else max(1, budget // (h * n))
     masks = None if mask is None else mask.expand(b, h, n, n)
-    for j in range(b):
-        qs, kt = q[j] * scale, k[j].transpose(-2, -1).contiguous()
+    for j in range(0, b, images):
+        js = slice(j, min(b, j + images))
+        qs, kt = q[js] * scale, k[js].transpose(-2, -1).contiguous()
         for s in range(0, n, rows):
             sl = slice(s, min(n, s + rows))
-            scores = qs[:, sl] @ kt
+            scores = qs[:, :, sl] @ kt
             if masks is not None:
-                scores = scores + masks[j, :, sl]
-            yield j, sl, scores.softmax(dim=-1)[None]
+                scores = scores + masks[js, :, sl]
+            yield js, sl, scores.softmax(dim=-1)
 
 
 def _sliced(
@@ -111,13 +128,13 @@ def _sliced(
     b, _, n, _ = q.shape
     out: Tensor | None = None
     vt = go = v
-    for j, rows, p in _row_slices(q, k, scale, mask):
+    for js, rows, p in _row_slices(q, k, scale, mask):
         if rows.start == 0:
-            vt, go = v[j].transpose(-2, -1).contiguous(), grad_out[j].contiguous()
-        r = reduce(p, (go[:, rows] @ vt)[None])
+            vt, go = v[js].transpose(-2, -1).contiguous(), grad_out[js].contiguous()
+        r = reduce(p, go[:, :, rows] @ vt)
         if out is None:
             out = r.new_empty((b, n, n))
-        out[j : j + 1, rows] = r
+        out[js, rows] = r
     assert out is not None
     return out
 
@@ -140,9 +157,6 @@ def fused_attention(adapter: ViTAdapter) -> Iterator[None]:
 #: rows of a block's ``(B, heads, rows, N)`` probabilities and gradient (both may be overwritten).
 Reduce = Callable[[Tensor, Tensor], Tensor]
 
-#: floats per slice of query rows that :func:`attention_gradients` works on at a time (~1 MB)
-SLICE_FLOATS = 2**18
-
 
 @contextmanager
 def attention_gradients(
@@ -152,9 +166,10 @@ def attention_gradients(
     ``(B, N, N)``, to ``on_grad(block, reduced)`` during a backward pass, last block first,
     while the forward and backward run the fused attention kernel.
 
-    Both are recomputed a slice of query rows at a time (about :data:`SLICE_FLOATS` floats,
-    so that a slice stays in the processor's cache through ``reduce``), and ``reduce``
-    applies to each slice: it must work row by row (a reduction over heads does).
+    Both are recomputed a slice of images or query rows at a time (about
+    :data:`SLICE_FLOATS` floats on a CPU, so that a slice stays in the processor's cache
+    through ``reduce``; :data:`CUDA_SLICE_FLOATS` on a GPU), and ``reduce`` applies to each
+    slice: it must work row by row (a reduction over heads does).
 
     Yields a list with one entry per block: the block's attention output ``O = A v`` (heads
     merged, ``(B, N, heads · head_dim)``, in the autograd graph) once a forward pass reached
@@ -267,14 +282,14 @@ def _reducing_forward(
     out = v.new_empty(b, self.num_heads, n, self.head_dim)
     kept: Tensor | None = None
     vj = v
-    for j, rows, p in _row_slices(q, k, self.scale, mask):
+    for js, rows, p in _row_slices(q, k, self.scale, mask):
         if rows.start == 0:
-            vj = v[j].contiguous()
-        out[j, :, rows] = p[0] @ vj
+            vj = v[js].contiguous()
+        out[js, :, rows] = p @ vj
         r = reduce(p)
         if kept is None:
             kept = r.new_empty((b, n, n))
-        kept[j : j + 1, rows] = r
+        kept[js, rows] = r
     assert kept is not None
     keep(kept)
     y = self.norm(out.transpose(1, 2).reshape(b, n, -1))
@@ -287,10 +302,11 @@ def attention_reductions(
 ) -> Iterator[list[Tensor | None]]:
     """A forward pass without gradients in which each of ``blocks``' attention hands
     ``reduce`` of its probabilities, ``(B, N, N)``, to the yielded list (one entry per block,
-    ``None`` for the others), a slice of images and query rows at a time (about
-    :data:`SLICE_FLOATS` floats): no block's ``(B, heads, N, N)`` probabilities exist at once,
-    and they are read while in cache. ``reduce`` must work row by row (a reduction over heads
-    does). The other blocks run the fused kernel.
+    ``None`` for the others), a slice of images or query rows at a time (about
+    :data:`SLICE_FLOATS` floats on a CPU, :data:`CUDA_SLICE_FLOATS` on a GPU): on a CPU no
+    block's ``(B, heads, N, N)`` probabilities exist at once, and they are read while in cache.
+    ``reduce`` must work row by row (a reduction over heads does). The other blocks run the
+    fused kernel.
 
     The blocks' forward is replaced on the model it is given (a method's private view) for the
     duration, by timm's explicit path computed in slices (the same operations; the outputs

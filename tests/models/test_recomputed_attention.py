@@ -57,7 +57,7 @@ def _rel(got: Tensor, want: Tensor) -> float:
     return float((got - want).abs().max()) / max(float(want.abs().max()), 1e-30)
 
 
-@pytest.mark.parametrize("slice_floats", [2**18, 7])
+@pytest.mark.parametrize("slice_floats", [2**18, 2400, 7])
 @pytest.mark.parametrize(
     "kw",
     [{}, {"qk_norm": True}, {"class_token": False, "global_pool": "avg"}, {"reg_tokens": 2, "no_embed_class": True}],
@@ -66,7 +66,7 @@ def test_recomputed_equals_explicit_autograd(
     kw: dict[str, Any], slice_floats: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every head's probabilities and their gradients equal autograd's on the explicit path,
-    block by block, last block first, for any slicing of the rows (7 floats: one row at a time)."""
+    block by block, last block first, for any slicing (all images at once; 2 images, then 1; one row at a time)."""
     monkeypatch.setattr(ra, "SLICE_FLOATS", slice_floats)
     model = _vit(**kw)
     x = torch.rand(3, 3, 32, 32)
@@ -126,7 +126,7 @@ def test_masks_follow_scaled_dot_product_attention(mask: str) -> None:
     assert torch.allclose(ra.probabilities(q, k, attn.scale, bias) @ v, want, atol=1e-6)
 
 
-@pytest.mark.parametrize("slice_floats", [2**18, 7])
+@pytest.mark.parametrize("slice_floats", [2**18, 2400, 7])
 @pytest.mark.parametrize("mask", [None, "bool", "float"])
 def test_reductions_equal_recorded_probabilities(
     mask: str | None, slice_floats: int, monkeypatch: pytest.MonkeyPatch
