@@ -28,6 +28,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from captum_vit.models.hooks import flatten_tokens, removing_hooks
+from captum_vit.models.recomputed_attention import probabilities
 from captum_vit.models.saved_attention import ProbabilitiesSaver
 from captum_vit.models.vit import ViTAdapter
 
@@ -68,7 +69,7 @@ class BlockTrace:
     def probabilities(self) -> Tensor:
         """The attention probabilities ``(B, heads, N, N)``, computed as timm's explicit
         path does (in eval mode, where attention dropout is the identity)."""
-        return ((self.q * self.scale) @ self.k.transpose(-2, -1)).softmax(dim=-1)
+        return probabilities(self.q, self.k, self.scale)
 
     def merge_qkv(self, rq: Tensor, rk: Tensor, rv: Tensor) -> Tensor:
         """Per-head q/k/v relevances ``(B, heads, N, head_dim)`` in the layout of the fused
