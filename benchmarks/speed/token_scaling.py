@@ -27,13 +27,14 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
+from unittest import mock
 
 import timm
 import torch
 from torch import Tensor, nn
 
 from benchmarks.speed._timing import interleaved_medians
-from captum_vit.attr import AttentionGradCAM, AttentionRollout, GenericAttention, RawAttention
+from captum_vit.attr import AttentionGradCAM, AttentionRollout, GenericAttention, RawAttention, _vit_common
 from captum_vit.models.hooks import record_attention
 
 #: tokens -> (timm name, image size, label)
@@ -47,10 +48,28 @@ TINY: dict[str, Any] = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 TINY_IMG = {197: 32, 785: 64, 1370: 42}
 MEMORY_TOKENS = 785
 
+
+class ExplicitPath:
+    """``method`` run on timm's explicit attention path with hooks on its probabilities (the
+    path of the model families other than timm's standard attention, and of these methods
+    before they computed the probabilities beside the fused kernel): the comparison in one run.
+    Benchmark-only: :func:`~captum_vit.models.recomputed_attention.recomputes_attention` is
+    made to answer ``False`` for the duration of the call."""
+
+    def __init__(self, method: Any) -> None:
+        self.method = method
+
+    def attribute(self, *args: Any, **kwargs: Any) -> Any:
+        with mock.patch.object(_vit_common, "recomputes_attention", lambda _adapter: False):
+            return self.method.attribute(*args, **kwargs)
+
+
 METHODS: dict[str, Callable[[nn.Module], Any]] = {
     "rollout": AttentionRollout,
+    "rollout (explicit attention)": lambda m: ExplicitPath(AttentionRollout(m)),
     'rollout (product="full")': lambda m: AttentionRollout(m, product="full"),
     "gae": GenericAttention,
+    "gae (explicit attention)": lambda m: ExplicitPath(GenericAttention(m)),
     'gae (product="full")': lambda m: GenericAttention(m, product="full"),
     "attention_gradcam": AttentionGradCAM,
     "raw_attention": RawAttention,

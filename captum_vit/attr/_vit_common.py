@@ -20,7 +20,7 @@ from torch import Tensor
 
 from captum_vit.attr._base import MapAttribution
 from captum_vit.kernels._common import accumulation_dtype
-from captum_vit.models.hooks import AttentionRecord, record_activations, record_attention
+from captum_vit.models.hooks import AttentionRecord, record_attention
 from captum_vit.models.recomputed_attention import attention_gradients, attention_reductions, recomputes_attention
 from captum_vit.models.vit import ViTAdapter
 
@@ -189,12 +189,17 @@ class AttentionAttribution(MapAttribution):
             return fuse(attn.to(accumulation_dtype(attn.dtype)))
 
         n = self.vit.num_blocks
-        if recomputes_attention(self.vit) and not self.vit.readout.attention_pool:
-            # the probabilities a slice of rows at a time, fused as they are computed
+        if recomputes_attention(self.vit):
+            # the probabilities a slice of rows at a time, fused as they are computed; the
+            # recording of no block only makes an attention pool's probe attention explicit
             wanted = tuple(sorted({i % n for i in blocks}))
-            with torch.no_grad(), attention_reductions(self.vit, partial(reduce, 0), wanted) as kept:
+            with (
+                torch.no_grad(),
+                record_attention(self.vit, detach=True, blocks=()) as rec,
+                attention_reductions(self.vit, partial(reduce, 0), wanted) as kept,
+            ):
                 self._forward(x, forward_args)
-            rec = AttentionRecord(kept)
+            rec.attentions = kept
         else:
             with torch.no_grad(), record_attention(self.vit, detach=True, blocks=blocks, reduce=reduce) as rec:
                 self._forward(x, forward_args)
@@ -231,20 +236,18 @@ class AttentionAttribution(MapAttribution):
             dt = accumulation_dtype(attn.dtype)
             return grad.to(dt).clamp_(min=0).mul_(attn.to(dt)).mean(dim=-3)
 
-        if recomputes_attention(self.vit) and not ro.attention_pool:
-            # fused attention; each block's rule 5 recomputed, a slice of rows at a time, as
-            # its gradient arrives
+        if recomputes_attention(self.vit):
+            # fused attention; each block's rule 5 recomputed, a slice of rows at a time, as its
+            # gradient arrives (the recording of no block: the pool's probe attention, the tokens)
             with (
+                record_attention(self.vit, tokens=average, blocks=()) as rec,
                 attention_gradients(self.vit, rule5, on_cam) as outputs,
-                record_activations([self.vit.pool_input]) as final,
             ):
                 logits = self._forward(x.requires_grad_(True), forward_args)
                 score, _ = self._target_score(logits, target)
-                rec = AttentionRecord(tokens=final[0] if average else None)
-                first = outputs[0]
-                pooled = [rec.tokens] if rec.tokens is not None else []
-                assert first is not None
-                grads = torch.autograd.grad(score, [first, *pooled], allow_unused=True)
+                pooled = [t for t in (rec.pool, rec.tokens) if t is not None]
+                assert outputs[0] is not None
+                grads = torch.autograd.grad(score, [outputs[0], *pooled], allow_unused=True)
         else:
             with record_attention(self.vit, tokens=average, on_grad=on_grad) as rec:
                 logits = self._forward(x.requires_grad_(True), forward_args)
