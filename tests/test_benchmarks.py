@@ -51,6 +51,33 @@ def test_token_scaling_script_runs_tiny(capsys: pytest.CaptureFixture[str]) -> N
     assert mem["peak_gb"] >= mem["base_gb"] > 0
 
 
+def test_token_scaling_explicit_path_variant_runs_the_explicit_path() -> None:
+    """The "(explicit attention)" rows time the hook path (no sliced recomputation) and give
+    the same maps; the patch is undone after each call."""
+    from benchmarks.speed import token_scaling
+    from captum_vit.attr import GenericAttention, _vit_common
+    from captum_vit.models import recomputed_attention
+    from captum_vit.testing import input_for, make_vit
+
+    model = make_vit("cls", depth=2)
+    x = input_for(model, batch=2)
+    calls: list[str] = []
+    real = recomputed_attention.attention_gradients
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append("recomputed")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_vit_common, "attention_gradients", spy)
+        fused = GenericAttention(model).attribute(x, target=[0, 1])
+        assert calls == ["recomputed"]
+        explicit = token_scaling.ExplicitPath(GenericAttention(model)).attribute(x, target=[0, 1])
+        assert calls == ["recomputed"]  # not called again
+    assert _vit_common.recomputes_attention is recomputed_attention.recomputes_attention
+    assert float((fused - explicit).abs().max()) <= 1e-5 * float(explicit.abs().max())
+
+
 def test_method_table_runs_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.speed import method_table
 
