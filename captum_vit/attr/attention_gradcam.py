@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from captum_vit.attr._registry import register_method
 from captum_vit.attr._vit_common import AttentionAttribution
 from captum_vit.kernels._common import accumulation_dtype
 from captum_vit.models.hooks import record_attention
+from captum_vit.models.recomputed_attention import fused_attention, recomputes_attention
 
 
 @register_method("attention_gradcam")
@@ -66,7 +68,9 @@ class AttentionGradCAM(AttentionAttribution):
             torch.set_grad_enabled(True)
             return attn.detach().requires_grad_(True)
 
-        with torch.no_grad(), record_attention(self.vit, override={last: leaf}, blocks=[last]) as rec:
+        # on timm's standard attention, the blocks before the last one run the fused kernel
+        earlier = fused_attention(self.vit, range(last)) if recomputes_attention(self.vit) else nullcontext()
+        with torch.no_grad(), record_attention(self.vit, override={last: leaf}, blocks=[last]) as rec, earlier:
             score, _ = self._target_score(self._forward(x, forward_args), target)
             attn = rec.attentions[last]
             assert attn is not None

@@ -21,7 +21,7 @@ is given (a method's private view), and restores the fused-attention flags on ex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -149,13 +149,25 @@ def _sliced(
 
 
 @contextmanager
-def fused_attention(adapter: ViTAdapter) -> Iterator[None]:
-    """Run every block's attention through the fused kernel for the duration (restored on
-    exit); the model is a method's private view."""
+def fused_attention(adapter: ViTAdapter, blocks: Sequence[int] | None = None) -> Iterator[None]:
+    """Run ``blocks``' attention (default: every block's) through the fused kernel for the
+    duration, also inside :meth:`ViTAdapter.explicit_attention` (restored on exit); the model
+    is a method's private view. timm's standard attention only (:func:`recomputes_attention`).
+
+    Examples
+    --------
+    >>> import timm
+    >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=3, img_size=32).eval()
+    >>> adapter = ViTAdapter(m)
+    >>> with adapter.explicit_attention(), fused_attention(adapter, blocks=range(2)):
+    ...     [a.fused_attn for a in adapter.attentions]
+    [True, True, False]
+    """
     saved = [a.fused_attn for a in adapter.attentions]
+    chosen = range(adapter.num_blocks) if blocks is None else blocks
     try:
-        for a in adapter.attentions:
-            a.fused_attn = True
+        for i in chosen:
+            adapter.attentions[i].fused_attn = True
         yield
     finally:
         for a, flag in zip(adapter.attentions, saved):

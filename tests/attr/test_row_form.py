@@ -109,7 +109,8 @@ def test_raw_attention_and_gradcam_unchanged(kind: str) -> None:
     x = input_for(model, batch=3)
     raw, cam = _old_raw_and_gradcam(model, x)
     assert _rel(_maps(RawAttention(model), x), raw) <= 1e-6, kind  # sliced vs whole explicit path: rounding
-    assert _rel(_maps(AttentionGradCAM(model), x), cam) <= 1e-6, kind
+    # 1e-5: the blocks before the last run the fused kernel, whose rounding differs (3.4e-6 seen)
+    assert _rel(_maps(AttentionGradCAM(model), x), cam) <= 1e-5, kind
 
 
 @pytest.mark.parametrize("frozen", [False, True])
