@@ -11,7 +11,11 @@ gradient ``∂y/∂A`` (GAE's ``mean_h((∇A ⊙ A)^+)``, docs/methods.md §9) c
 kernel instead and recompute both when the block's backward step arrives: ``A`` from the
 block's ``q`` and ``k`` (as timm's explicit path computes it), and ``∂y/∂A = (∂y/∂O) vᵀ`` from
 the gradient of the attention output ``O = A v``. One block's probabilities exist at a time,
-and autograd keeps what the fused kernel keeps.
+and autograd keeps what the fused kernel keeps (:func:`attention_gradients`). A method that
+needs a reduction of the probabilities only in a forward pass (rollout's head fusion, raw
+attention) computes them on the explicit path a slice of query rows at a time, reducing each
+slice while it is in cache (:func:`attention_reductions`); a method that reads one block runs
+the others fused (:func:`fused_attention`).
 
 This applies to blocks whose attention is timm's standard ``Attention`` (ViT, DeiT, DINOv2,
 CLIP, SigLIP, FlexiViT, ... ; :func:`recomputes_attention`); other families keep the explicit
@@ -32,10 +36,6 @@ from torch import Tensor, nn
 
 from captum_vit.models.hooks import removing_hooks
 from captum_vit.models.vit import ViTAdapter
-
-#: ``on_grad(block, probabilities, grad)``: a block's ``(B, heads, N, N)`` attention
-#: probabilities and the gradient of the differentiated output with respect to them.
-OnGrad = Callable[[int, Tensor, Tensor], None]
 
 
 def recomputes_attention(adapter: ViTAdapter) -> bool:
