@@ -11,6 +11,7 @@ row of a product of them, accumulated block by block."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -189,21 +190,22 @@ class AttentionAttribution(MapAttribution):
             return fuse(attn.to(accumulation_dtype(attn.dtype)))
 
         n = self.vit.num_blocks
-        if recomputes_attention(self.vit):
-            # the probabilities a slice of rows at a time, fused as they are computed; the
-            # recording of no block only makes an attention pool's probe attention explicit
-            wanted = tuple(sorted({i % n for i in blocks}))
-            with (
-                torch.no_grad(),
-                record_attention(self.vit, detach=True, blocks=()) as rec,
-                attention_reductions(self.vit, partial(reduce, 0), wanted) as kept,
-            ):
-                self._forward(x, forward_args)
-            rec.attentions = kept
-        else:
-            with torch.no_grad(), record_attention(self.vit, detach=True, blocks=blocks, reduce=reduce) as rec:
-                self._forward(x, forward_args)
-        fused = [rec.attentions[i % n] for i in blocks]
+        # On timm's standard attention the probabilities are computed a slice of rows at a time
+        # and fused as they are (recording no block then only makes an attention pool's probe
+        # explicit); elsewhere the explicit path's hooks fuse each block's probabilities.
+        recomputed = recomputes_attention(self.vit)
+        wanted = tuple(sorted({i % n for i in blocks}))
+        with (
+            torch.no_grad(),
+            record_attention(
+                self.vit, detach=True, blocks=() if recomputed else blocks, reduce=None if recomputed else reduce
+            ) as rec,
+            attention_reductions(self.vit, partial(reduce, 0), wanted)
+            if recomputed
+            else nullcontext(rec.attentions) as kept,
+        ):
+            self._forward(x, forward_args)
+        fused = [kept[i % n] for i in blocks]
         assert all(f is not None for f in fused)
         pool = None if rec.pool is None else rec.pool[:, :, 0].to(accumulation_dtype(rec.pool.dtype))
         return [f for f in fused if f is not None], pool
@@ -220,42 +222,42 @@ class AttentionAttribution(MapAttribution):
         ro = self.vit.readout
         average = ro.rows is None and not ro.attention_pool
 
+        def rule5(attn: Tensor, grad: Tensor, out: Tensor | None = None) -> Tensor:
+            # (∇A ⊙ A)^+ = (∇A)^+ ⊙ A since A >= 0: one pass fewer over (B, heads, N, N). In
+            # place in ``grad`` (a fresh tensor), or in ``out`` (accumulation dtype)
+            dt = accumulation_dtype(attn.dtype)
+            if out is None:
+                cam = grad.to(dt).clamp_(min=0)
+            else:
+                cam = torch.clamp(grad, min=0, out=out) if grad.dtype == dt else out.copy_(grad).clamp_(min=0)
+            return cam.mul_(attn).mean(dim=-3)
+
         buffer: list[Tensor] = []  # one (B, heads, N, N) buffer for every block: no fresh pages each time
 
         def on_grad(i: int, attn: Tensor, grad: Tensor) -> None:
-            dt = accumulation_dtype(attn.dtype)
+            # autograd still reads ``grad``: rule 5 goes to the buffer
             if not buffer or buffer[0].shape != grad.shape:
-                buffer[:] = [torch.empty(grad.shape, dtype=dt, device=grad.device)]
-            # (∇A ⊙ A)^+ = (∇A)^+ ⊙ A since A >= 0: one pass fewer over (B, heads, N, N)
-            buf = buffer[0]
-            cam = torch.clamp(grad, min=0, out=buf) if grad.dtype == dt else buf.copy_(grad).clamp_(min=0)
-            cam.mul_(attn)
-            on_cam(i, cam.mean(dim=-3))
+                buffer[:] = [torch.empty(grad.shape, dtype=accumulation_dtype(attn.dtype), device=grad.device)]
+            on_cam(i, rule5(attn, grad, out=buffer[0]))
 
-        def rule5(attn: Tensor, grad: Tensor) -> Tensor:
-            dt = accumulation_dtype(attn.dtype)
-            return grad.to(dt).clamp_(min=0).mul_(attn.to(dt)).mean(dim=-3)
-
-        if recomputes_attention(self.vit):
-            # fused attention; each block's rule 5 recomputed, a slice of rows at a time, as its
-            # gradient arrives (the recording of no block: the pool's probe attention, the tokens)
-            with (
-                record_attention(self.vit, tokens=average, blocks=()) as rec,
-                attention_gradients(self.vit, rule5, on_cam) as outputs,
-            ):
-                logits = self._forward(x.requires_grad_(True), forward_args)
-                score, _ = self._target_score(logits, target)
-                pooled = [t for t in (rec.pool, rec.tokens) if t is not None]
-                assert outputs[0] is not None
-                grads = torch.autograd.grad(score, [outputs[0], *pooled], allow_unused=True)
-        else:
-            with record_attention(self.vit, tokens=average, on_grad=on_grad) as rec:
-                logits = self._forward(x.requires_grad_(True), forward_args)
-                score, _ = self._target_score(logits, target)
-                pooled = [t for t in (rec.pool, rec.tokens) if t is not None]
-                # block 0's gradient needs every later block's: the backward runs through every hook
-                assert rec.attentions[0] is not None
-                grads = torch.autograd.grad(score, [rec.attentions[0], *pooled], allow_unused=True)
+        # On timm's standard attention the forward and backward run the fused kernel and each
+        # block's rule 5 is recomputed, a slice of rows at a time, as its gradient arrives
+        # (recording no block then only records the pool's probe attention and the tokens);
+        # elsewhere hooks on the explicit path's probabilities receive their gradients.
+        recomputed = recomputes_attention(self.vit)
+        with (
+            record_attention(
+                self.vit, tokens=average, blocks=() if recomputed else None, on_grad=None if recomputed else on_grad
+            ) as rec,
+            attention_gradients(self.vit, rule5, on_cam) if recomputed else nullcontext(rec.attentions) as first,
+        ):
+            logits = self._forward(x.requires_grad_(True), forward_args)
+            score, _ = self._target_score(logits, target)
+            pooled = [t for t in (rec.pool, rec.tokens) if t is not None]
+            # block 0's attention (or its output) needs every later block's gradient: the
+            # backward runs through every hook
+            assert first[0] is not None
+            grads = torch.autograd.grad(score, [first[0], *pooled], allow_unused=True)
         if not pooled:
             return None, None
         grad = grads[1] if grads[1] is not None else torch.zeros_like(pooled[0])

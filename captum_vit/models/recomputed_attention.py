@@ -98,13 +98,6 @@ def _slice_floats(device: torch.device) -> int:
     return CUDA_SLICE_FLOATS if device.type == "cuda" else SLICE_FLOATS
 
 
-def _fits_whole(q: Tensor) -> bool:
-    """Whether all of a block's probabilities fit one slice: then they are computed as timm's
-    explicit path computes them, without slicing copies."""
-    b, h, n, _ = q.shape
-    return b * h * n * n <= _slice_floats(q.device)
-
-
 def _row_slices(q: Tensor, k: Tensor, scale: float, mask: Tensor | None) -> Iterator[tuple[slice, slice, Tensor]]:
     """``(images, rows, probabilities)`` for slices of about :func:`_slice_floats` floats,
     ``(images, heads, rows, N)``: whole images while one fits, else a slice of one image's
@@ -127,25 +120,38 @@ def _row_slices(q: Tensor, k: Tensor, scale: float, mask: Tensor | None) -> Iter
             yield js, sl, scores.softmax(dim=-1)
 
 
-def _sliced(
-    q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, scale: float, mask: Tensor | None, reduce: Reduce
+def _assembled(
+    q: Tensor, k: Tensor, scale: float, mask: Tensor | None, per_slice: Callable[[slice, slice, Tensor], Tensor]
 ) -> Tensor:
-    """``reduce(A, (∂y/∂O) vᵀ)`` for every query row, ``(B, N, N)``, computed a slice of
-    images and rows at a time (:func:`_row_slices`)."""
+    """``per_slice(images, rows, probabilities)`` ``(images, rows, N)`` for every slice of
+    :func:`_row_slices`, assembled into ``(B, N, N)`` (returned as it is when one slice covers
+    the whole block)."""
     b, _, n, _ = q.shape
-    if _fits_whole(q):
-        return reduce(probabilities(q, k, scale, mask), grad_out @ v.transpose(-2, -1))
     out: Tensor | None = None
-    vt = go = v
     for js, rows, p in _row_slices(q, k, scale, mask):
-        if rows.start == 0:
-            vt, go = v[js].transpose(-2, -1).contiguous(), grad_out[js].contiguous()
-        r = reduce(p, go[:, :, rows] @ vt)
+        r = per_slice(js, rows, p)
+        if r.shape[:2] == (b, n):  # the only slice
+            return r
         if out is None:
             out = r.new_empty((b, n, n))
         out[js, rows] = r
     assert out is not None
     return out
+
+
+def _sliced(
+    q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, scale: float, mask: Tensor | None, reduce: Reduce
+) -> Tensor:
+    """``reduce(A, (∂y/∂O) vᵀ)`` for every query row, ``(B, N, N)``, computed a slice of
+    images and rows at a time (:func:`_assembled`)."""
+    group: dict[str, Tensor] = {}
+
+    def per_slice(js: slice, rows: slice, p: Tensor) -> Tensor:
+        if rows.start == 0:  # a new group of images: its operands made contiguous once
+            group.update(vt=v[js].transpose(-2, -1).contiguous(), go=grad_out[js].contiguous())
+        return reduce(p, group["go"][:, :, rows] @ group["vt"])
+
+    return _assembled(q, k, scale, mask, per_slice)
 
 
 @contextmanager
@@ -291,9 +297,8 @@ def _reducing_forward(
     attn_mask: Tensor | None = None,
     is_causal: bool = False,
 ) -> Tensor:
-    """timm ``Attention.forward`` on its explicit path, whole when the block's probabilities fit
-    one slice, else a slice of images or query rows at a time (the slice's probabilities stay
-    in cache for ``A v`` and ``reduce``); hands the
+    """timm ``Attention.forward`` on its explicit path, a slice of images or query rows at a
+    time (the slice's probabilities stay in cache for ``A v`` and ``reduce``); hands the
     ``(B, N, N)`` result of ``reduce`` to ``keep``. Eval mode without attention gates
     (:func:`recomputes_attention`)."""
     b, n, _ = x.shape
@@ -301,23 +306,16 @@ def _reducing_forward(
     q, k, v = qkv.unbind(0)
     q, k = self.q_norm(q), self.k_norm(k)
     mask = _additive_mask(n, q, attn_mask, is_causal)
-    kept: Tensor | None = None
-    if _fits_whole(q):
-        p = probabilities(q, k, self.scale, mask)
-        out, kept = p @ v, reduce(p)
-    else:
-        out = v.new_empty(b, self.num_heads, n, self.head_dim)
-        vj = v
-        for js, rows, p in _row_slices(q, k, self.scale, mask):
-            if rows.start == 0:
-                vj = v[js].contiguous()
-            out[js, :, rows] = p @ vj
-            r = reduce(p)
-            if kept is None:
-                kept = r.new_empty((b, n, n))
-            kept[js, rows] = r
-    assert kept is not None
-    keep(kept)
+    out = v.new_empty(b, self.num_heads, n, self.head_dim)
+    group: dict[str, Tensor] = {}
+
+    def per_slice(js: slice, rows: slice, p: Tensor) -> Tensor:
+        if rows.start == 0:  # a new group of images: its values made contiguous once
+            group["v"] = v[js].contiguous()
+        out[js, :, rows] = p @ group["v"]
+        return reduce(p)
+
+    keep(_assembled(q, k, self.scale, mask, per_slice))
     y = self.norm(out.transpose(1, 2).reshape(b, n, -1))
     return self.proj_drop(self.proj(y))  # type: ignore[no-any-return]
 
