@@ -101,9 +101,16 @@ class ServerProcess:
         self._log.close()
         return int(self.proc.returncode)
 
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample of ``/metrics`` (0.0 when absent), e.g. ``metric("captum_vit_errors_total", kind="queue_full")``."""
-        for line in self.get("/metrics")[1].decode().splitlines():
+    def scrape(self) -> str:
+        """The ``/metrics`` exposition now: every sample read at one instant."""
+        return self.get("/metrics")[1].decode()
+
+    def metric(self, name: str, scraped: str | None = None, **labels: str) -> float:
+        """One sample of ``/metrics`` (0.0 when absent), e.g. ``metric("captum_vit_errors_total", kind="queue_full")``.
+
+        Pass ``scraped`` (from :meth:`scrape`) to read several samples of the same instant.
+        """
+        for line in (self.scrape() if scraped is None else scraped).splitlines():
             if line.startswith("#") or not line.strip():
                 continue
             key, _, value = line.rpartition(" ")

@@ -23,7 +23,9 @@ def post(srv: Server, body: bytes) -> httpx.Response:
 def test_full_queue_answers_503_then_sigterm_finishes_the_requests_in_flight() -> None:
     # One server for both (a start costs seconds here): first flood it, then stop it mid-load.
     path = slow_export()
-    srv = Server({"slow": path}, "--max-batch", "1", "--max-queue", "2", "--decode-workers", "4")
+    # A 3-deep queue: the flood of 16 overflows it, while the three requests sent before SIGTERM
+    # always fit (one or more running, the rest queued), so none of them is ever refused.
+    srv = Server({"slow": path}, "--max-batch", "1", "--max-queue", "3", "--decode-workers", "4")
     try:
         srv.wait_ready()
         images = [random_pixels(64, 64, seed) for seed in range(16)]
@@ -40,30 +42,27 @@ def test_full_queue_answers_503_then_sigterm_finishes_the_requests_in_flight() -
 
         answered = srv.metric("captum_vit_requests_total", model="slow", code="200")
 
-        def received() -> float:  # requests in the server now, or answered since the flood
-            now = srv.metric("captum_vit_requests_total", model="slow", code="200") - answered
-            return srv.metric("captum_vit_requests_in_flight") + now
-
-        def admitted(im: np.ndarray) -> httpx.Response:
-            # Three requests can reach a 2-deep queue before the batcher takes the first from it:
-            # the third is then refused (queue_full, rightly); a client retries, as this does.
-            while True:
-                r = post(srv, png_bytes(im))
-                if r.status_code != 503 or r.json()["error"]["kind"] != "queue_full":
-                    return r
-                time.sleep(0.02)
+        def held() -> tuple[float, float]:
+            # From one scrape: requests in the server now, and those plus the ones answered since the flood.
+            # (No request of these three can be refused, so every request in flight is one the server keeps.)
+            scraped = srv.scrape()
+            in_flight = srv.metric("captum_vit_requests_in_flight", scraped)
+            return in_flight, in_flight + srv.metric("captum_vit_requests_total", scraped, model="slow", code="200") - answered
 
         images = [random_pixels(64, 64, 50 + i) for i in range(3)]
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(admitted, im) for im in images]
+            futures = [pool.submit(post, srv, png_bytes(im)) for im in images]
             # Stop only once the server holds all three: on a loaded machine a request still being
             # sent when SIGTERM lands would be refused, rightly, and the test would prove nothing.
             deadline = time.monotonic() + 60
-            while received() < 3 and time.monotonic() < deadline:
+            in_flight, received = held()
+            while received < 3 and time.monotonic() < deadline:
                 time.sleep(0.005)
-            assert received() == 3, "the three requests never reached the server"
+                in_flight, received = held()
+            assert received == 3, f"the three requests never reached the server ({received} did)"
             srv.proc.send_signal(signal.SIGTERM)
             responses = [f.result() for f in futures]
+        assert in_flight >= 1, "every request was answered before SIGTERM: nothing was left to finish"
         assert srv.proc.wait(60) == 0, srv.log()
         for pixels, r in zip(images, responses):
             assert r.status_code == 200, r.text
