@@ -28,9 +28,8 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from captum_vit.models.hooks import flatten_tokens, removing_hooks
-from captum_vit.models.recomputed_attention import probabilities
 from captum_vit.models.saved_attention import ProbabilitiesSaver
-from captum_vit.models.vit import ViTAdapter
+from captum_vit.models.vit import ViTAdapter, probabilities
 
 
 @dataclass(frozen=True)

@@ -69,23 +69,6 @@ def _additive_mask(n: int, like: Tensor, attn_mask: Tensor | None, is_causal: bo
     return attn_mask
 
 
-def probabilities(q: Tensor, k: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
-    """``softmax(q · scale kᵀ + mask)``, the operations and their order of timm's explicit
-    attention path (so the result is the tensor that path computes).
-
-    Examples
-    --------
-    >>> q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
-    >>> p = probabilities(q, k, 0.5)
-    >>> torch.allclose(p, torch.softmax(q @ k.transpose(-2, -1) * 0.5, -1), atol=1e-6)
-    True
-    """
-    scores = (q * scale) @ k.transpose(-2, -1)
-    if mask is not None:
-        scores = scores + mask
-    return scores.softmax(dim=-1)
-
-
 #: floats per slice of probabilities computed at a time on a CPU (~1 MB: in cache)
 SLICE_FLOATS = 2**18
 #: the same on a GPU (256 MB: whole blocks for most models and batches)
@@ -101,7 +84,7 @@ def _slice_floats(device: torch.device) -> int:
 def _row_slices(q: Tensor, k: Tensor, scale: float, mask: Tensor | None) -> Iterator[tuple[slice, slice, Tensor]]:
     """``(images, rows, probabilities)`` for slices of about :func:`_slice_floats` floats,
     ``(images, heads, rows, N)``: whole images while one fits, else a slice of one image's
-    query rows; as :func:`probabilities` computes them (``q · scale`` and a contiguous ``kᵀ``
+    query rows; as :func:`~captum_vit.models.vit.probabilities` computes them (``q · scale`` and a contiguous ``kᵀ``
     made once per group of images)."""
     b, h, n, _ = q.shape
     budget = _slice_floats(q.device)

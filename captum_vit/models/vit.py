@@ -485,6 +485,23 @@ class ViTAdapter:
         return patches.reshape(-1, h, w)
 
 
+def probabilities(q: Tensor, k: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
+    """``softmax(q · scale kᵀ + mask)``, the operations and their order of timm's explicit
+    attention path (so the result is the tensor that path computes).
+
+    Examples
+    --------
+    >>> q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
+    >>> p = probabilities(q, k, 0.5)
+    >>> torch.allclose(p, torch.softmax(q @ k.transpose(-2, -1) * 0.5, -1), atol=1e-6)
+    True
+    """
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores + mask
+    return scores.softmax(dim=-1)
+
+
 def _explicit_pool_forward(self: Any, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
     """timm's ``AttentionPoolLatent.forward`` with the unfused attention, its probabilities
     passed through the probe module (``tests/models`` checks it against timm's own forward)."""
@@ -494,10 +511,7 @@ def _explicit_pool_forward(self: Any, x: Tensor, attn_mask: Tensor | None = None
     q = self.q(self.latent.expand(b, -1, -1)).reshape(b, self.latent_len, self.num_heads, self.head_dim).transpose(1, 2)
     k, v = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = self.q_norm(q), self.k_norm(k)
-    logits = (q * self.scale) @ k.transpose(-2, -1)
-    if attn_mask is not None:
-        logits = logits + attn_mask
-    attn = self._modules[PROBE_NAME](logits.softmax(dim=-1))
+    attn = self._modules[PROBE_NAME](probabilities(q, k, self.scale, attn_mask))
     x = (attn @ v).transpose(1, 2).reshape(b, self.latent_len, c)
     x = self.proj_drop(self.proj(x))
     if self.mlp is not None:

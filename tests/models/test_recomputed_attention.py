@@ -15,6 +15,7 @@ import captum_vit.models.recomputed_attention as ra
 from captum_vit.models import ViTAdapter
 from captum_vit.models.hooks import record_attention
 from captum_vit.models.recomputed_attention import attention_gradients, attention_reductions, recomputes_attention
+from captum_vit.models.vit import probabilities
 
 HEADS = 4
 
@@ -123,7 +124,7 @@ def test_masks_follow_scaled_dot_product_attention(mask: str) -> None:
         m = torch.randn(2, 1, 6, 6)
     bias = ra._additive_mask(6, q, m, causal)
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
-    assert torch.allclose(ra.probabilities(q, k, attn.scale, bias) @ v, want, atol=1e-6)
+    assert torch.allclose(probabilities(q, k, attn.scale, bias) @ v, want, atol=1e-6)
 
 
 @pytest.mark.parametrize("slice_floats", [2**18, 2400, 7])
