@@ -157,8 +157,12 @@ class ViTAdapter:
     def __new__(cls, model: nn.Module | None = None, inner: str | None = None) -> ViTAdapter:
         if cls is not ViTAdapter or model is None:  # a subclass, or copy/pickle restoring state
             return object.__new__(cls)
-        module = _resolve_inner(model, inner)[1] if isinstance(model, nn.Module) else model
-        return object.__new__(_family_of(module) or ViTAdapter)
+        if not isinstance(model, nn.Module):
+            return object.__new__(cls)  # __init__ raises the TypeError
+        resolved = _resolve_inner(model, inner)
+        adapter = object.__new__(_family_of(resolved[1]) or ViTAdapter)
+        adapter.__dict__["_resolved"] = resolved  # __init__ takes it: the inner ViT is searched for once
+        return adapter
 
     @classmethod
     def accepts(cls, module: nn.Module) -> bool:
@@ -169,7 +173,8 @@ class ViTAdapter:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         model = unwrap_compiled(model)
-        self.inner, module = _resolve_inner(model, inner)
+        resolved: tuple[str, nn.Module] | None = self.__dict__.pop("_resolved", None)
+        self.inner, module = resolved if resolved is not None else _resolve_inner(model, inner)
         self.model = model
         self.module: Any = module
         self._setup(module)

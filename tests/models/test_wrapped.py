@@ -156,6 +156,22 @@ def test_two_vits_raise_naming_both_and_pointing_at_wrapped() -> None:
     assert a.inner == "model.depth"
 
 
+def test_the_inner_vit_is_searched_for_once_per_adapter(pipeline: nn.Sequential, monkeypatch: pytest.MonkeyPatch) -> None:
+    import captum_vit.models.vit as vit_module
+
+    calls: list[str | None] = []
+    search = vit_module._resolve_inner
+
+    def counted(model: nn.Module, inner: str | None) -> tuple[str, nn.Module]:
+        calls.append(inner)
+        return search(model, inner)
+
+    monkeypatch.setattr(vit_module, "_resolve_inner", counted)
+    a = ViTAdapter(pipeline)
+    assert (a.inner, a.module, calls) == ("1", pipeline[1], [None])
+    assert "_resolved" not in vars(a)
+
+
 @pytest.mark.parametrize("arg", ["vit", "preprocess"])
 def test_wrong_path_raises_value_error_naming_the_argument(arg: str, pipeline: nn.Sequential) -> None:
     kwargs = {"vit": "1", "preprocess": "0"} | {arg: "2.head"}
