@@ -1,6 +1,12 @@
 """Attribution methods for Vision Transformers (and CNNs), as captum ``Attribution``s."""
 
-from captum_vit.attr._base import EmptyMapWarning, MapAttribution, patch_map_output, unpack_single_input
+from captum_vit.attr._base import (
+    ConstantMapWarning,
+    EmptyMapWarning,
+    MapAttribution,
+    patch_map_output,
+    unpack_single_input,
+)
 from captum_vit.attr._registry import get_method, list_methods, method_info, register_method
 from captum_vit.attr._targets import format_targets
 from captum_vit.attr.attention_gradcam import AttentionGradCAM
@@ -21,6 +27,7 @@ __all__ = [
     "GenericAttention",
     "GradCAM",
     "EEA",
+    "ConstantMapWarning",
     "EmptyMapWarning",
     "IIA",
     "LTX",

@@ -9,6 +9,7 @@ target form, ``additional_forward_args``, grad re-enabled under ``no_grad`` and
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -92,6 +93,7 @@ def patch_map_output(
     is_tuple: bool,
     return_patch_map: bool = False,
     interpolate_mode: str = "bilinear",
+    covered: tuple[int, int] | None = None,
 ) -> TensorOrTupleOfTensorsGeneric:
     """What ``attribute`` returns for the ``(B, h, w)`` patch map of ``images``.
 
@@ -99,7 +101,8 @@ def patch_map_output(
     lie far below float16's normal range, and rounding them to 3 significant digits changed
     them) as it is with ``return_patch_map``, otherwise upsampled with ``interpolate_mode`` and
     broadcast to ``images``' ``(B, C, H, W)``
-    (:func:`captum_vit.models.upsample_patch_map`); a 1-tuple when the inputs were one.
+    (:func:`captum_vit.models.upsample_patch_map`; ``covered`` is the padded extent of a model
+    that pads its input); a 1-tuple when the inputs were one.
     Every :class:`MapAttribution` and the exported runtime's ``FastAttribution`` end here.
 
     Examples
@@ -112,13 +115,19 @@ def patch_map_output(
     """
     dtype = accumulation_dtype(images.dtype)
     pmap = patch_map.detach().to(dtype)
-    out = pmap if return_patch_map else upsample_patch_map(pmap, images.shape, interpolate_mode).to(dtype)
+    out = pmap if return_patch_map else upsample_patch_map(pmap, images.shape, interpolate_mode, covered).to(dtype)
     return _format_output(is_tuple, (out,))  # type: ignore[return-value]
 
 
 class EmptyMapWarning(UserWarning):
     """Some images got an all-zero map. It is what the method's definition gives (a clamp or
     ReLU at zero), but it carries no information; the message names the images."""
+
+
+class ConstantMapWarning(EmptyMapWarning):
+    """Some images got a map of one non-zero value everywhere (e.g. uniform attention in every
+    block): it ranks no patch above another; the message names the images. A subclass of
+    :class:`EmptyMapWarning`, so one filter silences both."""
 
 
 def warn_if_empty(cam: Tensor, method: str, why: str) -> None:
@@ -137,6 +146,82 @@ def warn_if_empty(cam: Tensor, method: str, why: str) -> None:
     if empty:
         # stacklevel: past _patch_map, attribute and captum's log_usage wrapper, to the caller
         warnings.warn(f"{method}: the map of image(s) {empty} is all zero ({why})", EmptyMapWarning, stacklevel=5)
+
+
+def warn_if_constant(pmap: Tensor, method: str) -> None:
+    """Warn with :class:`ConstantMapWarning` when a map of the ``(B, h, w)`` batch ``pmap`` has
+    more than one patch, is not all zero (:func:`warn_if_empty` covers that) and holds one value
+    up to rounding (16 units in the last place of its dtype).
+
+    Examples
+    --------
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_if_constant(torch.tensor([[[0.5, 0.5]], [[0.0, 1.0]], [[0.0, 0.0]]]), "Rollout")
+    >>> str(caught[0].message)
+    'Rollout: the map of image(s) [0] is constant (one value at every patch): it ranks no patch above another'
+    """
+    if pmap.shape[0] == 0 or pmap[0].numel() < 2:
+        return
+    flat = pmap.detach().flatten(1).double()
+    hi, lo = flat.amax(dim=1), flat.amin(dim=1)
+    scale = torch.maximum(hi.abs(), lo.abs())
+    eps = torch.finfo(pmap.dtype).eps if pmap.is_floating_point() else 0.0
+    constant = torch.nonzero((scale > 0) & (hi - lo <= 16 * eps * scale)).flatten().tolist()
+    if constant:
+        warnings.warn(
+            f"{method}: the map of image(s) {constant} is constant (one value at every patch): "
+            "it ranks no patch above another",
+            ConstantMapWarning, stacklevel=4,
+        )  # fmt: skip
+
+
+def check_finite(pmap: Tensor, method: str, dtype: torch.dtype) -> None:
+    """Raise ``FloatingPointError`` naming the images whose map holds NaN or infinity (never
+    return a non-finite map silently).
+
+    Examples
+    --------
+    >>> check_finite(torch.ones(2, 2, 2), "IIA", torch.float32)
+    >>> check_finite(torch.tensor([[[1.0, float("nan")]]]), "IIA", torch.float16)
+    Traceback (most recent call last):
+    ...
+    FloatingPointError: IIA: the map of image(s) [0] holds NaN or infinity: the model's float16 arithmetic overflowed or lost precision on the way; explain a float32 copy of the model (model.float()) and inputs.float()
+    """
+    bad = torch.nonzero(~torch.isfinite(pmap.detach()).flatten(1).all(dim=1)).flatten().tolist()
+    if not bad:
+        return
+    if dtype in HALF_DTYPES:
+        why = (
+            f"the model's {str(dtype).removeprefix('torch.')} arithmetic overflowed or lost precision on the way; "
+            "explain a float32 copy of the model (model.float()) and inputs.float()"
+        )
+    else:
+        why = "the model's output or gradient is not finite for these inputs, or an option (e.g. a baseline) is"
+    raise FloatingPointError(f"{method}: the map of image(s) {bad} holds NaN or infinity: {why}")
+
+
+def check_baseline(baseline: object, name: str = "baseline") -> float | Tensor:
+    """Validate a float-or-tensor baseline option: finite (a NaN baseline would give a NaN map).
+
+    Examples
+    --------
+    >>> check_baseline(0.0), check_baseline(torch.zeros(3, 1, 1)).shape
+    (0.0, torch.Size([3, 1, 1]))
+    >>> check_baseline(float("nan"))
+    Traceback (most recent call last):
+    ...
+    ValueError: baseline must be finite, got nan
+    """
+    if isinstance(baseline, bool) or not isinstance(baseline, (int, float, Tensor)):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(baseline).__name__}")
+    if isinstance(baseline, Tensor):
+        if not torch.isfinite(baseline).all():
+            raise ValueError(f"{name} must be finite, got a tensor with NaN or infinite values")
+        return baseline
+    if not math.isfinite(baseline):
+        raise ValueError(f"{name} must be finite, got {baseline}")
+    return float(baseline)
 
 
 def layer_path(model: nn.Module, layer: nn.Module | str) -> str:
@@ -314,7 +399,9 @@ class MapAttribution(GradientAttribution):
         ValueError
             For a model without a classifier and no ``output_fn``.
         """
-        if self.output_fn is not None:
+        if self.output_fn is not None or (isinstance(self._adapter, ViTAdapter) and self._adapter.inner):
+            # scores of the user's function, or of a pipeline around the ViT (a head of its
+            # own may follow the ViT's): counted when the model runs
             return 0
         n = self._adapter.num_classes
         if n == 0 and self.runs_explainee:
@@ -363,6 +450,13 @@ class MapAttribution(GradientAttribution):
         RuntimeError
             For a gradient method on a model whose parameters were made under
             ``torch.inference_mode()``.
+        FloatingPointError
+            When a map holds NaN or infinity (e.g. half-precision overflow), naming the images.
+
+        Warns
+        -----
+        EmptyMapWarning, ConstantMapWarning
+            Naming the images whose map is all zero or one value everywhere.
         """
         is_tuple, images = unpack_single_input(inputs)
         x = self._adapter.check_input(images, "inputs")
@@ -372,12 +466,15 @@ class MapAttribution(GradientAttribution):
             fargs = tuple(_usable(a) for a in fargs)
             # a float32 view of a half-precision model (``float32_view``) takes float32 images
             pmap = self._patch_map(_usable(x).detach().to(self.adapter.dtype), _usable(idx), fargs)
+        check_finite(pmap, type(self).__name__, self._adapter.dtype)
         if not self.warns_empty:  # methods that clamp warn with their own reason
             warn_if_empty(
                 pmap.detach().abs(), type(self).__name__,
                 "every value is zero: nothing the method reads depends on the explained score, e.g. a zero classifier head",
             )  # fmt: skip
-        return patch_map_output(pmap, x, is_tuple, return_patch_map, self.interpolate_mode)
+        warn_if_constant(pmap, type(self).__name__)
+        covered = self._adapter.covered_size((x.shape[-2], x.shape[-1])) if isinstance(self._adapter, ViTAdapter) else None
+        return patch_map_output(pmap, x, is_tuple, return_patch_map, self.interpolate_mode, covered)
 
     def attribute_future(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} has no attribute_future")

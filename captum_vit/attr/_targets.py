@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -15,7 +16,9 @@ def format_targets(target: Any, batch_size: int, num_classes: int) -> Tensor | N
     (resolved later to the predicted class), an ``int``, a one-element tuple, a 0-d or
     one-element tensor, a 1-D tensor / ``list[int]`` / ``list[tuple]`` of length ``B``.
 
-    ``num_classes`` 0 skips the range check (a model whose class count is unknown).
+    ``num_classes`` 0 skips the upper range check (a model whose class count is unknown
+    until it runs: :func:`resolve_targets` checks it on the scores); negative indices are
+    always refused.
 
     Raises
     ------
@@ -41,8 +44,8 @@ def format_targets(target: Any, batch_size: int, num_classes: int) -> Tensor | N
         target = target[0]
     if isinstance(target, bool):
         raise TypeError("target must be an int, tuple, list or tensor of class indices, got bool")
-    if isinstance(target, int):
-        idx = torch.full((batch_size,), target, dtype=torch.long)
+    if isinstance(target, numbers.Integral):  # int, numpy integers
+        idx = torch.full((batch_size,), int(target), dtype=torch.long)
     elif isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex():
             raise TypeError(f"target tensor must hold integers, got dtype {target.dtype}")
@@ -65,14 +68,16 @@ def format_targets(target: Any, batch_size: int, num_classes: int) -> Tensor | N
                 entry = entry[0]
             if isinstance(entry, Tensor) and entry.numel() == 1:
                 entry = int(entry.item())
-            if not isinstance(entry, int) or isinstance(entry, bool):
+            if not isinstance(entry, numbers.Integral) or isinstance(entry, bool):
                 raise TypeError(f"target list entries must be ints, got {type(entry).__name__}")
-            flat.append(entry)
+            flat.append(int(entry))
         idx = torch.tensor(flat, dtype=torch.long)
     else:
         raise TypeError(f"target must be None, an int, a tuple, a list or a tensor, got {type(target).__name__}")
-    if num_classes > 0 and ((idx < 0) | (idx >= num_classes)).any():
-        bad = idx[(idx < 0) | (idx >= num_classes)][0].item()
+    if (idx < 0).any():
+        raise ValueError(f"target must hold class indices >= 0, got {idx[idx < 0][0].item()}")
+    if num_classes > 0 and (idx >= num_classes).any():
+        bad = idx[idx >= num_classes][0].item()
         raise ValueError(f"target {bad} is out of range for a model with {num_classes} classes")
     return idx
 
@@ -85,6 +90,7 @@ def resolve_targets(target: Tensor | None, logits: Tensor) -> Tensor:
         return logits.detach().argmax(dim=1)
     if target.shape[0] != logits.shape[0]:
         raise ValueError(f"target has {target.shape[0]} entries for a batch of {logits.shape[0]}")
-    if (target >= logits.shape[1]).any():
-        raise ValueError(f"target {int(target.max())} is out of range for {logits.shape[1]} classes")
+    if (target >= logits.shape[1]).any() or (target < 0).any():
+        bad = int(target[(target >= logits.shape[1]) | (target < 0)][0])
+        raise ValueError(f"target {bad} is out of range for {logits.shape[1]} scores")
     return target.to(logits.device)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_vit.attr._base import OutputFn
+from captum_vit.attr._base import OutputFn, check_baseline
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._targets import resolve_targets
 from captum_vit.attr._vit_common import AttentionAttribution
@@ -176,9 +176,7 @@ class IIA(AttentionAttribution):
         if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not memory_budget > 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
         self.memory_budget = float(memory_budget)
-        if not isinstance(baseline, (int, float, Tensor)) or isinstance(baseline, bool):
-            raise TypeError(f"baseline must be a float or a tensor, got {type(baseline).__name__}")
-        self.baseline = baseline
+        self.baseline = check_baseline(baseline)
         self.internal_batch_size = internal_batch_size
         self.feature_layer = feature_layer
         self.cnn_reference = cnn_reference

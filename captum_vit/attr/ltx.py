@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from captum_vit.attr._base import MapAttribution, OutputFn
+from captum_vit.attr._base import MapAttribution, OutputFn, check_baseline
 from captum_vit.attr._registry import register_method
 from captum_vit.attr._targets import resolve_targets
 from captum_vit.explainers.ltx_network import LTXExplainer
@@ -144,11 +144,19 @@ class LTX(MapAttribution):
         ):
             raise ValueError(f"images_per_group must be None or a positive int, got {images_per_group!r}")
         self.memory_budget, self.images_per_group = float(memory_budget), images_per_group
-        self.explainer = load_ltx_explainer(explainer, self.adapter.model)  # a compiled model's own module
+        # tensors made here are differentiated through later: never inference tensors, even
+        # when the method is built under torch.inference_mode()
+        with torch.inference_mode(False):
+            self.explainer = load_ltx_explainer(explainer, self.adapter.model)  # a compiled model's own module
+            self.mean, self.std = model_normalization(self.adapter.model, mean, std)
+        if self.mean.numel() not in (1, self.adapter.in_chans):
+            raise ValueError(
+                f"mean and std must have 1 or {self.adapter.in_chans} entries (the model's input channels), "
+                f"got {self.mean.numel()}"
+            )
         self.finetune_steps, self.finetune_lr, self.select_by_pos_auc = steps, float(finetune_lr), select_by_pos_auc
         self.mask_weight = default_mask_weight(self.explainer) if mask_weight is None else float(mask_weight)
-        self.mask_loss, self.baseline = mask_loss, baseline
-        self.mean, self.std = model_normalization(self.adapter.model, mean, std)
+        self.mask_loss, self.baseline = mask_loss, check_baseline(baseline)
         self._copies: dict[tuple[torch.device, torch.dtype], LTXExplainer] = {}
 
     @property

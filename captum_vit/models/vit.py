@@ -245,6 +245,20 @@ class ViTAdapter:
         return bool(getattr(self.module, "dynamic_img_size", False))
 
     @property
+    def pads_input(self) -> bool:
+        """Whether the patch embedding pads an input whose size is not a multiple of the patch
+        size (timm's ``dynamic_img_pad``: zeros at the bottom and right)."""
+        return bool(getattr(self.patch_embed, "dynamic_img_pad", False))
+
+    def covered_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The input extent the patch grid covers: ``image_size``, or the padded size when the
+        model pads (:attr:`pads_input`); a map is upsampled to it and cropped to the image."""
+        if not self.pads_input:
+            return (int(image_size[0]), int(image_size[1]))
+        (gh, gw), (ph, pw) = self.grid_size(image_size), self.patch_size
+        return (gh * ph, gw * pw)
+
+    @property
     def img_size(self) -> tuple[int, int] | None:
         """The one input size the model takes, or ``None`` when it takes any size."""
         if self.dynamic_img_size or not bool(getattr(self.patch_embed, "strict_img_size", True)):
@@ -469,6 +483,11 @@ class ViTAdapter:
             ph, pw = self.patch_size
             if h < ph or w < pw:
                 raise ValueError(f"{name} spatial size {(h, w)} is smaller than the patch size {(ph, pw)}")
+            if not self.pads_input and (h % ph or w % pw):
+                raise ValueError(
+                    f"{name} spatial size {(h, w)} is not a multiple of the patch size {(ph, pw)}; "
+                    "resize the images, or create the model with dynamic_img_pad=True"
+                )
         else:
             expected = self.img_size
             if expected is not None and (h, w) != expected:
@@ -528,13 +547,20 @@ def _explicit_pool_forward(self: Any, x: Tensor, attn_mask: Tensor | None = None
     return x
 
 
-def upsample_patch_map(patch_map: Tensor, image_shape: torch.Size | tuple[int, ...], mode: str = "bilinear") -> Tensor:
+def upsample_patch_map(
+    patch_map: Tensor,
+    image_shape: torch.Size | tuple[int, ...],
+    mode: str = "bilinear",
+    covered: tuple[int, int] | None = None,
+) -> Tensor:
     """Upsample a ``(B, h, w)`` patch map to the input's ``(B, C, H, W)`` shape.
 
     The map is interpolated to ``(H, W)`` (bilinear with ``align_corners=False`` as in
     Chefer et al. and LTX, or ``"nearest"`` as in Vision DiffMask and MUTEX's metrics) and
     broadcast over channels, so captum's metrics that demand ``attr.shape == input.shape``
-    accept it.
+    accept it. ``covered``: the extent the grid covers when the model padded the input
+    (:meth:`ViTAdapter.covered_size`); the map is interpolated to it and its top-left
+    ``(H, W)`` kept, so each patch's value lands on the pixels the patch saw.
 
     Examples
     --------
@@ -548,8 +574,9 @@ def upsample_patch_map(patch_map: Tensor, image_shape: torch.Size | tuple[int, .
     if mode not in ("bilinear", "nearest", "bicubic"):
         raise ValueError(f"interpolate_mode must be 'bilinear', 'nearest' or 'bicubic', got {mode!r}")
     b, c, hh, ww = (int(s) for s in image_shape)
+    size = (hh, ww) if covered is None else (max(hh, int(covered[0])), max(ww, int(covered[1])))
     kwargs = {} if mode == "nearest" else {"align_corners": False}
-    up = F.interpolate(patch_map.unsqueeze(1).float(), size=(hh, ww), mode=mode, **kwargs)
+    up = F.interpolate(patch_map.unsqueeze(1).float(), size=size, mode=mode, **kwargs)[..., :hh, :ww]
     return up.expand(b, c, hh, ww).contiguous()
 
 

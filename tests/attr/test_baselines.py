@@ -11,7 +11,14 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from captum_vit.attr import AttentionGradCAM, AttentionRollout, GenericAttention, RawAttention, ViTGradCAM
+from captum_vit.attr import (
+    AttentionGradCAM,
+    AttentionRollout,
+    ConstantMapWarning,
+    GenericAttention,
+    RawAttention,
+    ViTGradCAM,
+)
 from captum_vit.testing import assert_close, input_for, make_vit
 
 
@@ -164,11 +171,14 @@ def test_uniform_attention_analytic() -> None:
     model = uniform_attention_vit()
     x = input_for(model, batch=2)
     n = 1 + 16
-    raw = RawAttention(model).attribute(x, return_patch_map=True)
+    # a constant map is what the definitions give here, and the caller is told so
+    with pytest.warns(ConstantMapWarning, match=r"RawAttention: the map of image\(s\) \[0, 1\] is constant"):
+        raw = RawAttention(model).attribute(x, return_patch_map=True)
     assert_close(raw, torch.full_like(raw, 1 / n), "fp32", "raw attention of uniform attention")
     # ((U + I)/2)^L = 2^-L I + (1 - 2^-L) U, since U is idempotent: patch entries of row 0.
     depth = len(model.blocks)
-    roll = AttentionRollout(model).attribute(x, return_patch_map=True)
+    with pytest.warns(ConstantMapWarning, match="AttentionRollout"):
+        roll = AttentionRollout(model).attribute(x, return_patch_map=True)
     assert_close(roll, torch.full_like(roll, (1 - 2.0**-depth) / n), "fp32", "rollout of uniform attention")
 
 
