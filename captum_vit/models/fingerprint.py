@@ -12,6 +12,8 @@ import re
 import torch
 from torch import nn
 
+from captum_vit.models.view import unwrap_compiled
+
 #: What a fingerprint looks like: a sha256 hex digest.
 FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{64}")
 
@@ -22,7 +24,8 @@ def model_fingerprint(model: nn.Module) -> str:
 
     Floating-point tensors are hashed as float32, so a model stored in float16 and loaded back
     as float32 has one fingerprint whatever its storage; the digest does not depend on the
-    device or on the order in which modules were registered.
+    device or on the order in which modules were registered. A ``torch.compile`` wrapper has
+    the fingerprint of the module it compiled (the same weights).
 
     Returns
     -------
@@ -42,7 +45,7 @@ def model_fingerprint(model: nn.Module) -> str:
     False
     """
     digest = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
+    for name, value in sorted(unwrap_compiled(model).state_dict().items()):
         t = value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype).contiguous()
         digest.update(f"{name}:{tuple(t.shape)};".encode())
         digest.update(t.numpy().tobytes())

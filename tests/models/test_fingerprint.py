@@ -47,3 +47,19 @@ def test_changes_with_any_weight_and_check_names_both() -> None:
     check_fingerprint(after, model)
     with pytest.raises(ValueError, match=f"fingerprint {before}; this model's fingerprint is {after}"):
         check_fingerprint(before, model, "LTX explainer")
+
+
+def test_a_compiled_model_has_the_fingerprint_of_the_module_it_compiled() -> None:
+    from captum_vit.attr import LTX, VisionDiffMask
+    from captum_vit.explainers import build_explainer
+    from captum_vit.explainers.diffmask_gates import DiffMaskGates
+    from captum_vit.testing import input_for
+
+    model = make_vit()
+    compiled = torch.compile(model)
+    assert model_fingerprint(compiled) == model_fingerprint(model)
+    x = input_for(model, batch=1)
+    # explainers built for the compiled model are accepted for it (and for the module itself)
+    for m in (compiled, model):
+        assert LTX(m, explainer=build_explainer(compiled), finetune_steps=0).attribute(x).shape == x.shape
+        assert VisionDiffMask(m, gates=DiffMaskGates.for_model(compiled)).attribute(x).shape == x.shape
