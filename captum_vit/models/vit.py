@@ -9,6 +9,7 @@ produced (and how to make them explicit); they never hard-code ``[:, 1:]``, ``14
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -393,7 +394,10 @@ class ViTAdapter:
                 a.fused_attn = False
             if pool is not None:
                 pool._modules[PROBE_NAME] = nn.Identity()
-                pool.forward = types.MethodType(_explicit_pool_forward, pool)
+                # timm >= 1.0.16 pools the patch tokens unless pool_include_prefix; 1.0.15 (no
+                # such attribute) pooled every token
+                skipped = 0 if getattr(self.module, "pool_include_prefix", True) else self.num_prefix_tokens
+                pool.forward = types.MethodType(functools.partial(_explicit_pool_forward, skipped=skipped), pool)
             yield
         finally:
             for a, flag in zip(self.attentions, saved):
@@ -526,16 +530,21 @@ def probabilities(q: Tensor, k: Tensor, scale: float, mask: Tensor | None = None
     return scores.softmax(dim=-1)
 
 
-def _explicit_pool_forward(self: Any, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+def _explicit_pool_forward(self: Any, x: Tensor, attn_mask: Tensor | None = None, skipped: int = 0) -> Tensor:
     """timm's ``AttentionPoolLatent.forward`` with the unfused attention, its probabilities
-    passed through the probe module (``tests/models`` checks it against timm's own forward)."""
+    passed through the probe module (``tests/models`` checks it against timm's own forward).
+
+    ``skipped``: prefix tokens the model drops before pooling (timm pools the patch tokens
+    only unless ``pool_include_prefix``); the probe sees probabilities over every token of
+    the sequence, zero at those, so that every method reads a ``(B, heads, 1, N)`` probe."""
     b, n, c = x.shape
     if self.pos_embed is not None:
         x = x + self.pos_embed.unsqueeze(0).to(x.dtype)
     q = self.q(self.latent.expand(b, -1, -1)).reshape(b, self.latent_len, self.num_heads, self.head_dim).transpose(1, 2)
     k, v = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = self.q_norm(q), self.k_norm(k)
-    attn = self._modules[PROBE_NAME](probabilities(q, k, self.scale, attn_mask))
+    attn = probabilities(q, k, self.scale, attn_mask)
+    attn = self._modules[PROBE_NAME](F.pad(attn, (skipped, 0)) if skipped else attn)[..., skipped:]
     x = (attn @ v).transpose(1, 2).reshape(b, self.latent_len, c)
     x = self.proj_drop(self.proj(x))
     if self.mlp is not None:

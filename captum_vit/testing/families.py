@@ -179,6 +179,9 @@ FAMILIES: dict[str, Family] = {
     "dinov2_reg": Family("timm DINOv2 with registers", "vit", _timm("vit_small_patch14_reg4_dinov2", **_TINY)),
     "clip": Family("timm CLIP", "vit", _timm("vit_base_patch16_clip_224", **_TINY)),
     "siglip": Family("timm SigLIP (attention pool)", "vit", _timm("vit_base_patch16_siglip_224", **_TINY)),
+    "siglip_reg": Family(
+        "timm SigLIP-style, 4 registers (attention pool)", "vit", _timm("vit_so150m_patch16_reg4_map_256", **_TINY)
+    ),
     "flexivit": Family("timm FlexiViT", "vit", _timm("flexivit_small", **_TINY)),
     "beit": Family("timm BEiT", "vit", _timm("beit_base_patch16_224", **_TINY)),
     "eva02": Family("timm EVA-02", "vit", _timm("eva02_tiny_patch14_224", ref_feat_shape=(4, 4), **_TINY)),

@@ -6,6 +6,8 @@ that the hooks capture the right tensors) and computes each method with explicit
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import timm
 import torch
@@ -18,8 +20,9 @@ from captum_vit.attr import (
     GenericAttention,
     RawAttention,
     ViTGradCAM,
+    get_method,
 )
-from captum_vit.testing import assert_close, input_for, make_vit
+from captum_vit.testing import assert_close, input_for, make_vit, options_for
 
 
 def manual_forward(
@@ -215,9 +218,19 @@ def test_dynamic_img_size_any_input() -> None:
     assert out.shape == (2, 5, 7)
 
 
-def test_attention_pooling_reads_the_probe_row() -> None:
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        {"class_token": False},
+        {"class_token": True},  # timm pools the patch tokens only: the probe is 0 at the prefix
+        {"class_token": True, "reg_tokens": 2},
+        {"class_token": True, "pool_include_prefix": True},
+    ],
+    ids=["none", "cls", "cls+reg", "cls-pooled"],
+)
+def test_attention_pooling_reads_the_probe_row(prefix: dict[str, Any]) -> None:
     """``global_pool='map'``: rollout reads its joint matrix at the pooling head's probe
-    attention (mean over heads), recorded by hand here."""
+    attention (mean over heads), recorded by hand here, with or without prefix tokens."""
     torch.manual_seed(0)
     m = timm.create_model(
         "vit_tiny_patch16_224",
@@ -229,22 +242,26 @@ def test_attention_pooling_reads_the_probe_row() -> None:
         depth=1,
         num_heads=2,
         global_pool="map",
-        class_token=False,
+        **prefix,
     ).eval()
     x = torch.randn(2, 3, 32, 32)
-    pool = m.attn_pool
+    pool, p = m.attn_pool, m.num_prefix_tokens
+    skipped = 0 if prefix.get("pool_include_prefix") else p
     with torch.no_grad():
-        tokens = m.forward_features(x)  # the pool's input
+        tokens = m.forward_features(x)[:, skipped:]  # the pool's input
         q = pool.q(pool.latent.expand(2, -1, -1)).reshape(2, 1, pool.num_heads, -1).transpose(1, 2)
         k = pool.kv(tokens).reshape(2, tokens.shape[1], 2, pool.num_heads, -1).permute(2, 0, 3, 1, 4)[0]
-        probe = torch.softmax((q * pool.scale) @ k.transpose(-2, -1), dim=-1)[:, :, 0].mean(1)  # (B, N)
+        probe = torch.softmax((q * pool.scale) @ k.transpose(-2, -1), dim=-1)[:, :, 0].mean(1)  # (B, pooled)
+        probe = torch.nn.functional.pad(probe, (skipped, 0))  # (B, N): 0 at the tokens not pooled
     got = AttentionRollout(m).attribute(x, return_patch_map=True)
     for i in range(2):
         _, attns, _ = manual_forward(m, x[i])
         n = attns[0].shape[-1]
         f = attns[0].mean(0) + torch.eye(n)
         joint = f / f.sum(1, keepdim=True)
-        assert_close(got[i], (probe[i] @ joint).reshape(4, 4), "fp32_loose", f"example {i}")
+        assert_close(got[i], (probe[i] @ joint)[p:].reshape(4, 4), "fp32_loose", f"example {i}")
+    for name in ("gae", "raw_attention", "attention_gradcam", "iia", "mutex"):  # every reader of the probe
+        assert get_method(name)(m, **options_for(name, m)).attribute(x, target=[0, 2]).shape == x.shape
 
 
 def test_full_size_timm_models_offline() -> None:

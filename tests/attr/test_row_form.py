@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 import pytest
+import timm
 import torch
 from torch import Tensor, nn
 
@@ -23,7 +24,9 @@ from captum_vit.models.hooks import record_attention
 from captum_vit.testing import ALL_VIT_KINDS, input_for, make_vit
 from tests.models.test_instrumentation import siglip_like
 
-KINDS = (*ALL_VIT_KINDS, "map")  # every readout: class, class+distillation, registers, avg, attention pool
+# every readout: class, class+distillation, registers, avg, attention pool (without and with
+# prefix tokens, which timm's attention pool does not read)
+KINDS = (*ALL_VIT_KINDS, "map", "map-prefix")
 TARGETS = [1, 3, 0]
 ROLLOUT_OPTIONS: tuple[dict[str, Any], ...] = (
     {},
@@ -33,7 +36,14 @@ ROLLOUT_OPTIONS: tuple[dict[str, Any], ...] = (
 
 
 def _model(kind: str, dtype: torch.dtype = torch.float32) -> nn.Module:
-    model = siglip_like() if kind == "map" else make_vit(kind, depth=3)
+    if kind == "map-prefix":
+        torch.manual_seed(0)
+        model = timm.create_model(
+            "vit_tiny_patch16_224", num_classes=5, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+            global_pool="map", class_token=True, reg_tokens=2,
+        ).eval()  # fmt: skip
+    else:
+        model = siglip_like() if kind == "map" else make_vit(kind, depth=3)
     return model.to(dtype)
 
 
@@ -81,7 +91,7 @@ def test_gae_row_form_float32(kind: str) -> None:
     model = _model(kind)
     x = input_for(model, batch=3)
     row = _maps(GenericAttention(model), x)
-    if kind not in ("avg", "map"):
+    if kind not in ("avg", "map", "map-prefix"):
         assert _rel(row, _maps(GenericAttention(model, product="full"), x)) <= 1e-5, kind
     truth = _maps(GenericAttention(copy.deepcopy(model).double(), product="full"), x.double())
     assert _rel(row, truth) <= 1e-5, kind
