@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -30,6 +31,11 @@ def _writable_folder(folder: Path, flag: str) -> None:
         raise CLIError(f"{flag}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise CLIError(f"{flag}: cannot write in {probe}")
+    try:  # os.access says yes to root everywhere: a read-only mount or /proc only shows on writing
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise CLIError(f"{flag}: cannot write in {probe} ({e.strerror or type(e).__name__})") from None
 
 
 def output_file(path: str | os.PathLike[str], flag: str = "--out", suffixes: tuple[str, ...] = ()) -> Path:

@@ -10,9 +10,11 @@ registered weights are readable by the other users of a shared system.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def default_file_mode() -> int:
@@ -64,3 +66,59 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first line without terminal colour codes (torch's pickle errors carry
+    both), or its type name when it says nothing."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+    return lines[0].strip() if lines else type(e).__name__
+
+
+def read_safetensors(path: str | os.PathLike[str], what: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(tensors, metadata)`` of a ``.safetensors`` file on the CPU.
+
+    Raises
+    ------
+    ValueError
+        Naming ``what`` (the argument) and the file when it is not a readable safetensors
+        file (empty, truncated, another format).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> bad = Path(tempfile.mkdtemp()) / "x.safetensors"
+    >>> _ = bad.write_bytes(b"")
+    >>> read_safetensors(bad, "--weights")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --weights: .../x.safetensors is not a readable safetensors file (...)
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        return load_file(str(path), device="cpu"), meta
+    except Exception as e:  # SafetensorError, OSError...: name the file and the argument
+        raise ValueError(f"{what}: {path} is not a readable safetensors file ({_first_line(e)})") from None
+
+
+def read_torch_file(path: str | os.PathLike[str], what: str, expected: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU.
+
+    Raises
+    ------
+    ValueError
+        Naming ``what``, the file, the first line of the reason and ``expected`` (what the
+        file should hold) when it cannot be read that way (a pickled module, an empty file...).
+    """
+    import torch
+
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors of many kinds
+        raise ValueError(
+            f"{what}: {path} cannot be read with torch.load(weights_only=True) ({_first_line(e)}); expected {expected}"
+        ) from None

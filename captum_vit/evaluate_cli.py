@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,24 @@ from torch.utils.data import Dataset
 from captum_vit._cli_common import CLIError, name_list, non_negative_int, output_file, positive_int, wrote
 from captum_vit._io import atomic_write
 from captum_vit.attr import list_methods
-from captum_vit.data.datasets import add_data_arguments, dataset_from_args, first
+from captum_vit.data.datasets import add_data_arguments, dataset_from_args, first, labels_of
 from captum_vit.data.splits import BENCHMARK_SEED
 from captum_vit.distributed import init_distributed, shutdown
 from captum_vit.evaluate import ORACLES, build_methods, evaluate, model_kind
+from captum_vit.explainers import UntrainedExplainerWarning
 from captum_vit.hardware import add_hardware_arguments, apply_threads, check_hardware
 from captum_vit.metrics.baselines import BASELINES
 from captum_vit.metrics.report import METRIC_GROUPS
+from captum_vit.models.fingerprint import model_fingerprint
+from captum_vit.models.preprocess import num_classes_of
 from captum_vit.models.spec import add_model_arguments, model_from_args
+
+#: Two-object synthetic images for class sensitivity, by default.
+DEFAULT_PAIRS = 32
+#: Datasets with per-pixel ground truth (the segmentation metrics).
+MASKED_DATASETS = ("synthetic", "imagenet-seg", "voc", "coco")
+#: Metric groups that score the probability of the image's labelled class.
+LABELLED_GROUPS = ("perturbation", "rise", "adp_pic")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,10 +56,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="synthetic images (default 64), or the first N of a real dataset (default all)",
     )
-    p.add_argument("--pairs", type=non_negative_int, default=32, help="two-object synthetic images (class sensitivity)")
+    p.add_argument(
+        "--pairs", type=non_negative_int, default=None,
+        help=f"two-object synthetic images for class sensitivity (default {DEFAULT_PAIRS}; synthetic dataset only)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=BENCHMARK_SEED, help="synthetic dataset seed (not a training seed)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per attribution batch")
-    p.add_argument("--metrics", default=",".join(METRIC_GROUPS), help=f"metric groups among {METRIC_GROUPS}")
+    p.add_argument(
+        "--metrics", default=None,
+        help=f"metric groups among {METRIC_GROUPS} (default: every group the dataset supports)",
+    )  # fmt: skip
     p.add_argument("--explain", choices=("predicted", "target"), default="predicted")
     p.add_argument("--baseline", choices=BASELINES, default="black", help="removal baseline (default black)")
     p.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
@@ -92,7 +109,7 @@ def check(args: argparse.Namespace) -> None:
     """
     if args.out is not None:
         output_file(args.out, "--out")
-    groups = name_list(args.metrics, "--metrics", METRIC_GROUPS, "metric group")
+    groups = _metric_groups(args)
     if args.plot is not None:
         output_file(args.plot, "--plot", (".png", ".pdf", ".svg"))
         if not {"perturbation", "rise"} & set(groups):
@@ -102,21 +119,83 @@ def check(args: argparse.Namespace) -> None:
         raise CLIError(f"--data-root is required for --dataset {args.dataset}")
     model = model_from_args(args)
     dataset = build_dataset(args, model)
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise CLIError("--data-root: no image left to evaluate (--on-bad-image skip left out every file)")
+    if set(LABELLED_GROUPS) & set(groups):
+        _check_labels(dataset, model)
     pairs = None  # two-object images exist in the synthetic benchmark only
-    if args.dataset == "synthetic" and args.pairs > 0:
-        pairs = dataset_from_args(args, model, synthetic_images=args.pairs, seed=args.seed + 1, objects=2)
-    if args.methods:
+    n_pairs = DEFAULT_PAIRS if args.pairs is None else args.pairs
+    if "class_sensitivity" in groups and n_pairs > 0:
+        pairs = dataset_from_args(args, model, synthetic_images=n_pairs, seed=args.seed + 1, objects=2)
+    if args.methods is not None:
         methods = name_list(args.methods, "--methods", [*list_methods(), *ORACLES], "method")
-        build_methods(model, methods)  # builds (and drops) each method now, so a bad one fails before compute
+        try:  # builds (and drops) each method now, so a bad one fails before compute
+            _build_trained(model, methods)
+        except UntrainedExplainerWarning:
+            raise CLIError(
+                f"--methods: no trained LTX explainer is registered for this model (weights fingerprint "
+                f"{model_fingerprint(model)}); pretrain one with `captum-vit pretrain-ltx --register NAME`"
+            ) from None
     else:
         methods = []
         for name in list_methods(model_kind(model)):
             try:
-                build_methods(model, [name])
+                _build_trained(model, [name])
                 methods.append(name)
+            except UntrainedExplainerWarning:
+                print(f"captum-vit evaluate: skipping {name}: no trained explainer for this model", file=sys.stderr)
             except (ValueError, TypeError) as e:  # e.g. a learned explainer with no weights for this model
                 print(f"captum-vit evaluate: skipping {name}: {e}", file=sys.stderr)
     args.plan = Plan(model, methods, groups, dataset, pairs)
+
+
+def _build_trained(model: nn.Module, names: list[str]) -> None:
+    """Build ``names`` for ``model``; an LTX without a trained explainer raises
+    :class:`~captum_vit.explainers.UntrainedExplainerWarning` (a table would score random masks)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedExplainerWarning)
+        build_methods(model, names)
+
+
+def _metric_groups(args: argparse.Namespace) -> list[str]:
+    """``--metrics``, checked against what the dataset has: masks for segmentation, the
+    synthetic two-object images for class sensitivity. The default is every group it supports."""
+    synthetic = args.dataset == "synthetic"
+    if args.pairs is not None and not synthetic:
+        raise CLIError(f"--pairs: two-object images exist in the synthetic dataset only, not --dataset {args.dataset}")
+    supported = [
+        g for g in METRIC_GROUPS
+        if (g != "segmentation" or args.dataset in MASKED_DATASETS)
+        and (g != "class_sensitivity" or (synthetic and args.pairs != 0))
+    ]  # fmt: skip
+    if args.metrics is None:
+        return supported
+    groups = name_list(args.metrics, "--metrics", METRIC_GROUPS, "metric group")
+    for g in groups:
+        if g == "segmentation" and g not in supported:
+            raise CLIError(
+                f"--metrics segmentation needs per-pixel ground truth: --dataset {args.dataset} has none "
+                f"(datasets with masks: {', '.join(MASKED_DATASETS)})"
+            )
+        if g == "class_sensitivity" and g not in supported:
+            why = "--pairs 0" if synthetic else f"--dataset {args.dataset}"
+            raise CLIError(f"--metrics class_sensitivity needs the synthetic two-object images, not {why}")
+    return groups
+
+
+def _check_labels(dataset: Dataset[Any], model: nn.Module) -> None:
+    """Refuse labels the model has no class for: the perturbation metrics score the
+    probability of each image's labelled class."""
+    labels = labels_of(dataset)
+    if labels.numel() == 0 or labels.dim() != 1:
+        return
+    classes = num_classes_of(model)
+    if int(labels.max()) >= classes:
+        raise CLIError(
+            f"--data-root: the images have labels up to {int(labels.max())} but the model has {classes} classes; "
+            "the perturbation metrics score each image's labelled class: use a folder whose sorted class "
+            "subfolders are the model's classes"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

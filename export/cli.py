@@ -91,6 +91,8 @@ def check(args: argparse.Namespace) -> None:
         output_dir(args.triton_repo, "--triton-repo")
     if args.precision == "int8" and args.format == "tensorrt":
         raise CLIError("int8 exports are for onnxruntime; TensorRT needs --precision fp32/fp16")
+    if args.explainer is not None and args.checkpoint is not None:
+        raise CLIError("--explainer and --checkpoint both name the explainer's weights: pass one")
     if args.method == "diffmask" and (args.explainer or args.checkpoint):
         raise CLIError("--explainer/--checkpoint are pLTX options; use --gates with --method diffmask")
     if args.method == "pltx" and (args.gates or args.layer != -1):

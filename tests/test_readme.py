@@ -37,6 +37,7 @@ SHRINK: tuple[tuple[str, str], ...] = (
     # The leaderboard's LTX and IIA rows alone cost minutes even on 4 images.
     ("--models synthetic-vit --pairs 64", "--models synthetic-vit --methods gae,pltx,oracle:gt,oracle:random --pairs 64"),
     ("--num-images 256", "--num-images 4 --pairs 2"),
+    ("--num-images 200", "--num-images 4"),
     ("make demo", "make demo DEMO_ARGS='--num-images 1 --num-eval 2 --repeats 1 --methods gae,rollout,pltx'"),
     ("--epochs 30", "--steps 2 --batch-size 8 --val-size 8"),
     ("--epochs 5", "--max-steps 2 --batch-size 8 --val-size 8 --held-out 8"),

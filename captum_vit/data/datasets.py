@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from captum_vit.data.loaders import Sample, _pil
+from captum_vit.data.loaders import Sample, _pil, rgb_image
 
 DATASETS = ("synthetic", "folder", "imagenet-val", "imagenet-seg", "voc", "coco")
 RESIZE_MODES = ("stretch", "model")
@@ -132,7 +132,7 @@ def _open_image(path: Path) -> Any:
     try:
         with _pil().open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return rgb_image(img)
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
         raise BadImageError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
 

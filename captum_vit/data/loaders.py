@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,37 @@ def image_size_hw(image_size: int | tuple[int, int] | None) -> tuple[int, int] |
     return image_size
 
 
+#: Pillow modes of 16-bit (and 32-bit integer) grayscale pixels, scaled to 8 bits by :func:`rgb_image`.
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def rgb_image(img: Any) -> Any:
+    """A Pillow image as 8-bit RGB, with 16-bit grayscale scaled to 8 bits (Pillow's own
+    ``convert("RGB")`` clips those at 255: an almost white image).
+
+    Raises
+    ------
+    ValueError
+        For floating-point pixels (mode ``F``: no defined range) and integer pixels outside
+        ``[0, 65535]``.
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> gray = Image.fromarray(np.array([[0, 32896, 65535]], dtype=np.uint16))
+    >>> np.asarray(rgb_image(gray))[0, :, 0].tolist()
+    [0, 128, 255]
+    """
+    if img.mode in WIDE_GRAY_MODES:
+        a = np.asarray(img).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"{img.mode} pixels outside [0, 65535]: save the image with 8 or 16 bits per channel")
+        return _pil().fromarray(np.rint(a / 257.0).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        raise ValueError("floating-point pixels (mode F) have no defined range: save the image with 8 or 16 bits")
+    return img.convert("RGB")
+
+
 def to_image_tensor(array: np.ndarray, size: tuple[int, int] | None) -> Tensor:
     """An ``(H, W, 3)`` uint8 array -> ``(3, *size)`` float32 in ``[0, 1]`` (bilinear resize)."""
     img = _pil().fromarray(np.ascontiguousarray(array).astype(np.uint8)).convert("RGB")
@@ -66,7 +98,7 @@ def to_mask_tensor(mask: np.ndarray, size: tuple[int, int] | None) -> Tensor:
 
 def read_image(path: Path, size: tuple[int, int] | None) -> Tensor:
     with _pil().open(path) as img:
-        return to_image_tensor(np.asarray(img.convert("RGB")), size)
+        return to_image_tensor(np.asarray(rgb_image(img)), size)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -75,6 +107,8 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _require_dir(root: str | Path, what: str) -> Path:
     path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} folder {str(path)!r} is a file, not a folder")
     if not path.is_dir():
         raise FileNotFoundError(f"{what} folder {str(path)!r} does not exist")
     return path
@@ -136,6 +170,12 @@ class ImageNetValFolder(Dataset[Sample]):
         else:
             self.items = self._flat(Path(labels_file))
         if not self.items:
+            if labels_file is None and not any(p.is_dir() for p in self.root.iterdir()) and _image_files(self.root):
+                raise ValueError(
+                    f"{str(self.root)!r} holds images but no class subfolders: a labelled folder has one subfolder "
+                    "of images per class (as torchvision's ImageFolder); for a flat ImageNet validation folder "
+                    "pass --labels-file"
+                )
             raise ValueError(f"empty dataset: no images ({', '.join(IMAGE_EXTENSIONS)}) under {str(self.root)!r}")
 
     def _class_folders(self, class_index: Mapping[str, int] | None) -> list[tuple[Path, int]]:

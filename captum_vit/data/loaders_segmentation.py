@@ -62,7 +62,11 @@ class ImageNetSegmentation(torch.utils.data.Dataset[Sample]):
         if not self.path.is_file():
             raise FileNotFoundError(f"ImageNet-segmentation file {str(self.path)!r} does not exist")
         self.size = image_size_hw(image_size)
-        with h5py.File(self.path, "r") as f:
+        try:
+            handle = h5py.File(self.path, "r")
+        except OSError as e:
+            raise ValueError(f"{str(self.path)!r} is not an HDF5 (MATLAB v7.3) file such as gtsegs_ijcv.mat: {e}") from None
+        with handle as f:
             if "value/img" not in f or "value/gt" not in f:
                 raise ValueError(f"{str(self.path)!r} has no /value/img and /value/gt datasets (not gtsegs_ijcv.mat?)")
             self._n = int(f["value/img"].shape[0])

@@ -35,9 +35,10 @@ from captum_vit.explainers.ltx_objective import (
     finetune_masks,
     mask_loss,
 )
-from captum_vit.explainers.registry import load_gates, load_ltx_explainer, load_registered
+from captum_vit.explainers.registry import UntrainedExplainerWarning, load_gates, load_ltx_explainer, load_registered
 
 __all__ = [
+    "UntrainedExplainerWarning",
     "MASK_LOSSES",
     "CNNExplainer",
     "DiffMaskGates",

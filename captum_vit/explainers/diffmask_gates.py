@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from captum_vit._io import read_safetensors
 from captum_vit.models.fingerprint import check_fingerprint, is_fingerprint, model_fingerprint
 from captum_vit.models.hooks import record_hidden_states, replace_patch_embeddings
 from captum_vit.models.preprocess import model_logits
@@ -211,15 +212,11 @@ class DiffMaskGates(nn.Module):
         ValueError
             A file without the gates' metadata.
         """
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        state, meta = read_safetensors(path, "gates")
         if "config" not in meta:
             raise ValueError(f"{path} is not a DiffMask gate file (no 'config' metadata)")
         gates = cls(**json.loads(meta["config"]), fingerprint=meta.get("fingerprint", ""))
-        gates.load_state_dict(load_file(str(path)))
+        gates.load_state_dict(state)
         return gates
 
 

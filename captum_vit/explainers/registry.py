@@ -21,9 +21,9 @@ import os
 import warnings
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from captum_vit._io import read_safetensors, read_torch_file
 from captum_vit.explainers.diffmask_gates import DiffMaskGates
 from captum_vit.explainers.ltx_network import CNNExplainer, LTXExplainer, ViTExplainer, build_explainer
 from captum_vit.explainers.ltx_network import explainer_for_architecture as _explainer_for_architecture
@@ -83,6 +83,12 @@ def _by_name(name: str, kind: str) -> LTXExplainer | DiffMaskGates:
     return load_registered(entry)
 
 
+class UntrainedExplainerWarning(UserWarning):
+    """``LTX(model)`` found no trained explainer for the model and explains with an untrained
+    one (its maps mean nothing until it is pretrained). Turn it into an error with
+    ``warnings.simplefilter("error", UntrainedExplainerWarning)`` (``captum-vit evaluate`` does)."""
+
+
 def load_ltx_explainer(spec: LTXSpec, model: nn.Module) -> LTXExplainer:
     """Resolve ``LTX``'s ``explainer`` argument for explainee ``model`` (see the module docstring).
 
@@ -104,7 +110,7 @@ def load_ltx_explainer(spec: LTXSpec, model: nn.Module) -> LTXExplainer:
             warnings.warn(
                 "LTX: no trained explainer for this model; using an UNTRAINED explainer (a copy of the model "
                 "with a fresh head). Pretrain one with `captum-vit pretrain-ltx --register NAME` or pass explainer=...",
-                UserWarning,
+                UntrainedExplainerWarning,
                 stacklevel=3,
             )
             return build_explainer(model)
@@ -130,15 +136,13 @@ def _ltx_from_file(path: Path, model: nn.Module) -> LTXExplainer:
         return registered
     explainer = build_explainer(model)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            weight = (f.metadata() or {}).get("mask_weight")
+        state, meta = read_safetensors(path, "explainer")
+        weight = meta.get("mask_weight")
         explainer.mask_weight = float(weight) if weight else None
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_torch_file(path, "explainer", "an explainer's state dict or a pretrain-ltx checkpoint")
+        if not isinstance(state, dict):
+            raise ValueError(f"explainer: {path} holds a {type(state).__name__}, not an explainer's state dict")
         state = state.get("model", state)
     try:
         explainer.load_state_dict(state)

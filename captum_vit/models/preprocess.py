@@ -75,6 +75,26 @@ def normalize_for(model: nn.Module, images: Tensor) -> Tensor:
     return normalize(images, *model_normalization(model))
 
 
+def num_classes_of(model: nn.Module) -> int:
+    """The number of classes ``model`` scores: its ``num_classes`` (timm's ``pretrained_cfg``
+    keeps the hub head's count when the model was built with another), else its
+    ``pretrained_cfg``'s, else the width of its logits on one blank image of its
+    ``pretrained_cfg["input_size"]``.
+
+    Examples
+    --------
+    >>> import timm
+    >>> num_classes_of(timm.create_model("vit_tiny_patch16_224", num_classes=7, depth=1, img_size=32))
+    7
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    classes = int(getattr(model, "num_classes", 0) or cfg.get("num_classes") or 0)
+    if classes:
+        return classes
+    with torch.no_grad():
+        return int(model_logits(model(torch.zeros(1, *cfg["input_size"]))).shape[-1])
+
+
 def model_logits(output: Tensor | Sequence[Tensor]) -> Tensor:
     """The ``(B, num_classes)`` logits of a model output.
 

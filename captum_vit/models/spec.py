@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from captum_vit._io import read_safetensors, read_torch_file
+
 #: Suffixes of ``--weights`` files read with ``torch.load(weights_only=True)``.
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
 
@@ -130,6 +132,11 @@ class ModelSpec:
         from captum_vit.models.registry import all_entries
 
         entries = all_entries()
+        if text not in entries and folder.is_dir():
+            raise ValueError(
+                f"--model: {text} is a folder without config.json; a Hugging Face model folder holds config.json, "
+                "the weights (model.safetensors) and preprocessor_config.json (save_pretrained writes them)"
+            )
         if text not in entries or entries[text].kind != "classifier":
             known = ", ".join(n for n, e in entries.items() if e.kind == "classifier")
             what = f"a registered {entries[text].kind} explainer" if text in entries else "not a registered classifier"
@@ -243,13 +250,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        state: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors of many kinds: name the file and the rule
-        raise ValueError(f"--weights: {path} cannot be read with torch.load(weights_only=True): {e}") from None
+        return read_safetensors(path, "--weights")[0]
+    expected = "a state dict saved with torch.save(model.state_dict(), ...), or a .safetensors file"
+    state: Any = read_torch_file(path, "--weights", expected)
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -267,18 +270,22 @@ def _load_timm(spec: ModelSpec) -> nn.Module:
         kwargs["num_classes"] = spec.num_classes
     try:
         sized = kwargs | ({"img_size": spec.img_size} if spec.img_size is not None else {})
+        if spec.img_size is not None and spec.pretrained:  # the geometry first (no weights): then download
+            with torch.device("meta"):
+                _check_patch_multiple(timm.create_model(spec.name, pretrained=False, **sized), spec)
         model = timm.create_model(spec.name, pretrained=spec.pretrained, **sized)
     except TypeError as e:
         if spec.img_size is None or "img_size" not in str(e):
             raise
         # A CNN takes any size: --img-size then sets only the preprocessing's input size.
         model = timm.create_model(spec.name, pretrained=spec.pretrained, **kwargs)
+    _check_patch_multiple(model, spec)
+    embed = getattr(model, "patch_embed", None)
     if spec.weights is not None:
         _load_weights(model, spec.weights, spec)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     # timm keeps the architecture's default input size when img_size is overridden: the model
     # as built is what the preprocessing must produce.
-    embed = getattr(model, "patch_embed", None)
     if embed is not None and getattr(embed, "img_size", None) is not None:
         cfg["input_size"] = (int(getattr(embed.proj, "in_channels", 3)), *(int(s) for s in embed.img_size))
     elif spec.img_size is not None:
@@ -289,6 +296,17 @@ def _load_timm(spec: ModelSpec) -> nn.Module:
         cfg.pop("label_descriptions", None)
     model.pretrained_cfg = cfg
     return model.eval()
+
+
+def _check_patch_multiple(model: nn.Module, spec: ModelSpec) -> None:
+    """Refuse an ``--img-size`` a ViT's patch embedding cannot cut into whole patches (timm
+    asserts on it at the first forward pass) unless the model pads its input."""
+    embed = getattr(model, "patch_embed", None)
+    if spec.img_size is None or embed is None or getattr(embed, "dynamic_img_pad", False):
+        return
+    patch = tuple(int(p) for p in getattr(embed, "patch_size", ()) or ())
+    if patch and any(spec.img_size % p for p in patch):
+        raise ValueError(f"--img-size {spec.img_size} is not a multiple of {spec.name}'s patch size {patch[0]}")
 
 
 def _load_weights(model: nn.Module, path: Path, spec: ModelSpec) -> None:

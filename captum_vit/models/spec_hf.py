@@ -100,7 +100,8 @@ def load_hf_folder(folder: str | Path) -> nn.Module:
     ImportError
         Without ``transformers`` (the ``hf`` extra).
     ValueError
-        An unreadable or unsupported ``preprocessor_config.json``.
+        An unreadable or unsupported ``preprocessor_config.json``, or a model ``transformers``
+        cannot load from the folder (no weights, a malformed ``config.json``).
     """
     folder = Path(folder)
     try:
@@ -108,7 +109,11 @@ def load_hf_folder(folder: str | Path) -> nn.Module:
     except ImportError as e:
         raise ImportError("a Hugging Face model folder needs transformers: pip install 'captum_vit[hf]'") from e
     cfg = hf_preprocessing(folder)
-    model = AutoModelForImageClassification.from_pretrained(str(folder), local_files_only=True)
+    try:
+        model = AutoModelForImageClassification.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as e:  # no weights, a malformed config.json, an unknown model type...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--model: cannot load the Hugging Face model in {folder}: {first}") from None
     labels = getattr(model.config, "id2label", None) or {}
     cfg |= {"num_classes": int(model.config.num_labels), "label_names": [str(labels[i]) for i in sorted(labels)]}
     return HFImageClassifier(model.float(), cfg).eval()

@@ -101,6 +101,59 @@ def check_register(args: argparse.Namespace) -> None:
     output_dir(registry_folder(args), "--register")
 
 
+def check_resume(args: argparse.Namespace, model: nn.Module) -> None:
+    """With ``--resume`` and an existing ``OUT/last.pt``, refuse before training a file that is
+    not a readable training checkpoint, one trained for other explainee weights than
+    ``model``'s (:func:`~captum_vit.models.fingerprint.model_fingerprint`), or one written
+    with another ``--batch-size`` or ``--seed`` (an exact resume needs both).
+
+    A checkpoint that does not record the fingerprint (DiffMask, before it was stored) cannot
+    be checked: it is resumed with a warning on stderr.
+    """
+    import sys
+
+    from captum_vit.models.fingerprint import model_fingerprint
+    from captum_vit.training.checkpoint import checkpoint_fingerprint, load_checkpoint
+    from captum_vit.training.trainer import LAST
+
+    if not args.resume:
+        return
+    path = Path(args.out) / LAST
+    if not path.exists():
+        return  # nothing to resume: a fresh start, as documented
+    fresh = "remove it, or run without --resume to start afresh (which overwrites it)"
+    try:
+        state = load_checkpoint(path)
+    except ValueError as e:
+        raise CLIError(f"--resume: {e}; {fresh}") from None
+    missing = [k for k in ("model", "optimizer", "rng", "step") if k not in state]
+    if missing:
+        raise CLIError(
+            f"--resume: {path} is not a readable checkpoint (no {', '.join(map(repr, missing))}: not a last.pt "
+            f"written by training); {fresh}"
+        )
+    stored, fingerprint = checkpoint_fingerprint(state), model_fingerprint(model)
+    if stored is None:
+        print(
+            f"warning: --resume: {path} does not record the weights fingerprint of the model it was trained for; "
+            "make sure --model/--weights are the ones it was trained with",
+            file=sys.stderr,
+        )
+    elif stored != fingerprint:
+        raise CLIError(
+            f"--resume: {path} was trained for the model with weights fingerprint {stored}; this model's "
+            f"fingerprint is {fingerprint} (other architecture or other weights): resume with the --model/--weights "
+            "it was trained for, or train afresh in another --out"
+        )
+    for flag, name in (("--batch-size", "batch_size"), ("--seed", "seed")):
+        theirs, ours = state.get(name), getattr(args, name)
+        if theirs is not None and theirs != ours:
+            raise CLIError(
+                f"{flag}: {path} was written with {flag} {theirs}, got {flag} {ours}: an exact resume needs the "
+                f"same value (pass {flag} {theirs}, or train afresh in another --out)"
+            )
+
+
 def training_splits(
     args: argparse.Namespace, model: nn.Module, val_seed: int, default_train_size: int, held_out: int = 0
 ) -> tuple[Dataset, Dataset, Dataset | None]:
@@ -137,18 +190,12 @@ def training_splits(
 def check_labels(train: Dataset, model: nn.Module, what: str = "--target label") -> None:
     """Refuse training images without labels, or with labels the model has no class for."""
     from captum_vit.data.datasets import labels_of
-    from captum_vit.models.preprocess import model_logits
+    from captum_vit.models.preprocess import num_classes_of
 
     labels = labels_of(train)
     if (labels < 0).any():
         raise ValueError(f"{what} needs labelled images; this dataset has none: use --target predicted")
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    classes = int(cfg.get("num_classes") or getattr(model, "num_classes", 0) or 0)
-    if not classes:
-        import torch
-
-        with torch.no_grad():
-            classes = int(model_logits(model(torch.zeros(1, *cfg["input_size"]))).shape[-1])
+    classes = num_classes_of(model)
     if int(labels.max()) >= classes:
         raise ValueError(
             f"{what}: the images have labels up to {int(labels.max())} but the model has {classes} classes; "

@@ -54,6 +54,54 @@ def atomic_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file that exists but cannot be loaded (empty, truncated, not a checkpoint)."""
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :class:`~captum_vit.training.trainer.Trainer` (``weights_only=True``)."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    """Load a checkpoint written by :class:`~captum_vit.training.trainer.Trainer` (``weights_only=True``).
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    UnreadableCheckpointError
+        (a ``ValueError``) When it exists but is not a readable checkpoint: empty, truncated by
+        a copy, another kind of file, or not a dictionary. The message names the file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = (Path(d) / "last.pt").write_bytes(b"")
+    ...     load_checkpoint(Path(d) / "last.pt")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    captum_vit.training.checkpoint.UnreadableCheckpointError: .../last.pt is not a readable checkpoint (EOFError...
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch.load fails with EOFError, RuntimeError, KeyError, UnpicklingError, ...
+        first = " ".join(str(e).split()).split(". ")[0]  # torch's messages go on with advice that does not apply
+        reason = type(e).__name__ + (f": {first[:120]}" + ("..." if len(first) > 120 else "") if first else "")
+        raise UnreadableCheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict):
+        raise UnreadableCheckpointError(f"{path} is not a readable checkpoint (it holds a {type(state).__name__})")
+    return state
+
+
+def checkpoint_fingerprint(state: Mapping[str, Any]) -> str | None:
+    """The explainee's weights fingerprint a training checkpoint was made for, or None when it
+    does not say: its ``metadata["explainee_fingerprint"]``, else (older checkpoints of LTX
+    explainers) the ``explainee_sha256`` buffer in its model state."""
+    meta = state.get("metadata") or {}
+    if isinstance(meta, Mapping) and isinstance(meta.get("explainee_fingerprint"), str):
+        return str(meta["explainee_fingerprint"])
+    model = state.get("model")
+    buffer = model.get("explainee_sha256") if isinstance(model, Mapping) else None
+    if isinstance(buffer, Tensor) and buffer.dtype == torch.uint8 and buffer.numel() == 32:
+        return bytes(buffer.cpu().tolist()).hex()
+    return None

@@ -47,6 +47,7 @@ from captum_vit.models.spec import add_model_arguments, model_from_args, spec_fr
 from captum_vit.training._common import (
     add_register_arguments,
     check_register,
+    check_resume,
     command_line,
     registry_folder,
     training_splits,
@@ -202,6 +203,7 @@ def check(args: argparse.Namespace) -> None:
     model = model_from_args(args)
     if not is_vit(model):
         raise CLIError(f"--model {args.model}: Vision DiffMask gates are built for timm ViTs")
+    check_resume(args, model)
     args.plan = training_splits(args, model, DIFFMASK_VAL_SEED, default_train_size=10_000, held_out=args.held_out)
 
 
@@ -275,6 +277,7 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, processes:
         progress=not args.no_progress,
         num_workers=args.workers,
         amp=args.amp,
+        metadata={"explainee_fingerprint": gates.fingerprint},  # checked on --resume
     )
     start = time.perf_counter()
     result = trainer.fit(resume=args.resume)

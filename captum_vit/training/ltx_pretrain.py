@@ -37,6 +37,7 @@ from captum_vit.training._common import (
     add_register_arguments,
     check_labels,
     check_register,
+    check_resume,
     command_line,
     registry_folder,
     training_splits,
@@ -102,7 +103,8 @@ def pretrain_ltx(
     Raises
     ------
     ValueError
-        For a bad ``target``/``mask_loss``, or a resumed checkpoint from another model.
+        For a bad ``target``/``mask_loss``, or (``resume=True``) an unreadable ``last.pt`` or a
+        checkpoint made for another explainee's weights, architecture, ``seed`` or ``batch_size``.
     NonFiniteLossError
         When a loss becomes NaN or infinite (the last good checkpoint is kept).
 
@@ -173,6 +175,9 @@ def pretrain_ltx(
         progress=progress,
         num_workers=num_workers,
         amp=amp,
+        # The explainer's explainee_sha256 buffer is overwritten by a resumed checkpoint's:
+        # the trainer refuses a checkpoint made for other explainee weights.
+        metadata={"explainee_fingerprint": explainer.explainee_fingerprint},
     )
     result = trainer.fit(resume=resume)
     if result.best_checkpoint is not None:
@@ -246,6 +251,7 @@ def check(args: argparse.Namespace) -> None:
     model = model_from_args(args)
     if not (is_vit(model) or is_cnn(model)):
         raise CLIError(f"--model {args.model}: LTX explainers are built for timm ViTs and ResNet-family CNNs")
+    check_resume(args, model)
     train, val, _ = training_splits(args, model, LTX_VAL_SEED, default_train_size=4000)
     if args.target == "label":
         check_labels(train, model)

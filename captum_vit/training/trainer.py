@@ -17,6 +17,8 @@ What it does
 * ``fit(resume=True)`` continues from ``last.pt``: because the data order, the RNG states and
   the step are restored, a run killed after its last checkpoint and resumed ends with the
   same weights as an uninterrupted run with the same seed (up to float non-associativity);
+  a checkpoint written with another ``seed`` or ``batch_size``, or other ``metadata`` (e.g.
+  the explainee's weights fingerprint), is refused before anything is loaded;
 * a non-finite loss stops training with :class:`NonFiniteLossError` before the bad step is
   applied; the last good checkpoint on disk is left untouched;
 * ``amp="bf16"`` or ``"fp16"`` runs ``loss_fn`` under ``torch.autocast`` (fp16 with a
@@ -69,7 +71,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from captum_vit.distributed import is_distributed, rank, world_size
-from captum_vit.training.checkpoint import atomic_save, load_checkpoint, move_to, rng_state, set_rng_state
+from captum_vit.training.checkpoint import (
+    atomic_save,
+    checkpoint_fingerprint,
+    load_checkpoint,
+    move_to,
+    rng_state,
+    set_rng_state,
+)
 
 LossOutput = Tensor | tuple[Tensor, Mapping[str, float]]
 LossFn = Callable[[nn.Module, Any], LossOutput]
@@ -146,13 +155,18 @@ class Trainer:
         epoch is ``ceil(len(dataset) / batch_size)`` steps (per-process counts under DDP).
     progress : bool
         Show the tqdm bar (rank 0 only).
+    metadata : mapping, optional
+        Plain values stored in ``last.pt`` under ``"metadata"`` (e.g. ``{"explainee_fingerprint":
+        ...}``); resuming from a checkpoint whose metadata gives another value for one of these
+        keys is refused.
 
     Raises
     ------
     ValueError
         For a non-positive ``batch_size``/``max_steps``/interval, a batch size the world size
-        does not divide, a dataset smaller than one batch, or a checkpoint whose model does
-        not match ``model``.
+        does not divide, a dataset smaller than one batch, or (from :meth:`fit` with
+        ``resume=True``) an unreadable ``last.pt`` or a checkpoint whose model, ``seed``,
+        ``batch_size`` or ``metadata`` does not match this trainer's.
     NonFiniteLossError
         From :meth:`fit`, when a loss is NaN or infinite.
     """
@@ -181,6 +195,7 @@ class Trainer:
         progress: bool = True,
         pin_memory: bool | None = None,
         amp: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         for name, v in (("batch_size", batch_size), ("max_steps", max_steps)):
             if not isinstance(v, int) or v <= 0:
@@ -200,6 +215,7 @@ class Trainer:
         self.checkpoint_every, self.validate_every = checkpoint_every, validate_every
         self.seed, self.grad_clip, self.progress = seed, grad_clip, progress
         self.collate_fn, self.num_workers = collate_fn, num_workers
+        self.metadata = dict(metadata or {})
         if device is None:
             p = next(model.parameters(), None)
             device = p.device if p is not None else torch.device("cpu")
@@ -245,10 +261,32 @@ class Trainer:
             "history": self.history,
             "seed": self.seed,
             "batch_size": self.batch_size,
+            "metadata": self.metadata,
         }
 
+    def check_resumable(self, state: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` when ``state`` was written with another ``seed`` or
+        ``batch_size`` (an exact resume needs both), or with ``metadata`` that gives another
+        value for one of this trainer's metadata keys; older checkpoints without a field pass."""
+        for name, ours in (("seed", self.seed), ("batch_size", self.batch_size)):
+            theirs = state.get(name)
+            if theirs is not None and theirs != ours:
+                raise ValueError(
+                    f"the checkpoint was written with {name}={theirs!r}, this trainer has {name}={ours!r}: "
+                    "an exact resume needs the same value"
+                )
+        stored = dict(state.get("metadata") or {})
+        fingerprint = checkpoint_fingerprint(state)  # also read from older LTX checkpoints
+        if fingerprint is not None:
+            stored.setdefault("explainee_fingerprint", fingerprint)
+        for key, ours in self.metadata.items():
+            if key in stored and stored[key] != ours:
+                raise ValueError(f"the checkpoint was written with {key} {stored[key]!r}, this trainer has {ours!r}")
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (model, optimiser, scheduler, RNG, counters)."""
+        """Restore a :meth:`state_dict` (model, optimiser, scheduler, RNG, counters), after
+        :meth:`check_resumable`."""
+        self.check_resumable(state)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:

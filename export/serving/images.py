@@ -15,7 +15,7 @@ import io
 import numpy as np
 import torch
 
-from captum_vit.data.loaders import to_image_tensor
+from captum_vit.data.loaders import rgb_image, to_image_tensor
 from captum_vit.export.onnx_export import ExplainerMetadata
 from captum_vit.export.serving.config import ServeError
 from captum_vit.models.preprocess import normalize
@@ -62,7 +62,7 @@ def decode_image(data: bytes, metadata: ExplainerMetadata, max_side: int) -> np.
                     "image_too_large",
                     f"image is {img.size[0]}x{img.size[1]}; the largest side allowed is {max_side}",
                 )
-            rgb = np.asarray(img.convert("RGB"))
+            rgb = np.asarray(rgb_image(img))
     except ServeError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:

@@ -24,3 +24,11 @@ def tiny_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CAPTUM_VIT_HOME", str(home))
     register_weights("tiny", "classifier", make_vit().state_dict(), **TINY_ARCH)
     return tmp_path
+
+
+@pytest.fixture
+def tiny_other(tiny_home: Path) -> Path:
+    """:func:`tiny_home`, whose registry also holds ``"tiny-other"``: the architecture of
+    ``"tiny"`` with other weights (``make_vit(seed=1)``), hence another fingerprint."""
+    register_weights("tiny-other", "classifier", make_vit(seed=1).state_dict(), **TINY_ARCH)
+    return tiny_home
