@@ -42,6 +42,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
 
+def _check_listenable(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let go, as uvicorn will (``SO_REUSEADDR``), so that a port in
+    use or an address this machine lacks is one line before the models load, not a failed start."""
+    import errno
+    import socket
+
+    from captum_vit._cli_common import CLIError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise CLIError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise CLIError(f"--port {port}: {host}:{port} is in use (another server?)") from None
+            raise CLIError(f"--host {host}: cannot listen on {host}:{port} ({e.strerror})") from None
+
+
 def check(args: argparse.Namespace) -> ServeConfig:
     """The :class:`~captum_vit.export.serving.ServeConfig` for ``args``; a ``CLIError`` if any is wrong."""
     from captum_vit._cli_common import CLIError, input_file
@@ -66,6 +89,7 @@ def check(args: argparse.Namespace) -> ServeConfig:
         models[name] = path
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port must be in [0, 65535], got {args.port}")
+    _check_listenable(args.host, args.port)
     for flag, value in (("--max-connections", args.max_connections), ("--graceful-timeout", args.graceful_timeout)):
         if value <= 0:
             raise CLIError(f"{flag} must be positive, got {value}")

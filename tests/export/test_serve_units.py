@@ -160,6 +160,21 @@ def test_cli_checks_everything_before_starting(tmp_path: Path) -> None:
             check(cli_args(*argv))
 
 
+def test_a_port_in_use_is_refused_before_the_models_load() -> None:
+    import socket
+
+    pltx = str(tiny_exports().pltx)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(CLIError, match=rf"--port {port}: 127.0.0.1:{port} is in use"):
+            check(cli_args("--model", pltx, "--port", str(port)))
+    check(cli_args("--model", pltx, "--port", str(port)))  # free again
+    with pytest.raises(CLIError, match="--host 192.0.2.1: cannot listen on 192.0.2.1:"):  # TEST-NET: not ours
+        check(cli_args("--model", pltx, "--host", "192.0.2.1"))
+
+
 def test_cli_main_reports_errors_as_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     from captum_vit.export.serve_cli import main
 
