@@ -158,6 +158,8 @@ def test_pltx_for_your_model_on_your_images(installed: Installed, tmp_path: Path
     # LTX(model) finds the registered explainer by the model's fingerprint (fp16 storage).
     entry = find_explainer_entry(model_fingerprint(model), "pltx")
     assert entry is not None and entry.name == "mine-pltx" and entry.folder == installed.home / "weights"
+    # ...and so does its bfloat16 copy (the entry records the fingerprints of half-precision copies)
+    assert find_explainer_entry(model_fingerprint(model, torch.bfloat16), "pltx") == entry
     assert entry.explainee is not None and entry.explainee.startswith("timm:test_vit --weights ")
     assert entry.training["dataset"] == "folder" and entry.training["train_images"] == 184  # 200 - 16 held out
     best = load_file(str(run / "best.safetensors"))

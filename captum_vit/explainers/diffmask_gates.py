@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -141,7 +142,14 @@ class DiffMaskGates(nn.Module):
         """Raise ``ValueError`` (naming both fingerprints) when the gates were trained for other
         weights than ``model``'s; gates without a fingerprint are not checked."""
         if self.fingerprint:
-            check_fingerprint(self.fingerprint, model, "DiffMask gates")
+            held: tuple[str, dict[str, str]] | None = getattr(self, "_half", None)
+            half = held[1] if held is not None and held[0] == self.fingerprint else {}
+            check_fingerprint(self.fingerprint, model, "DiffMask gates", half)
+
+    def vouch_half_fingerprints(self, half: Mapping[str, str]) -> None:
+        """Accept the half-precision copies of the explainee whose fingerprints are ``half``
+        (what the gates' registry entry records), for the current :attr:`fingerprint` only."""
+        self._half = (self.fingerprint, dict(half))
 
     def gate_logits(self, model: nn.Module, x: Tensor, forward_args: tuple[Any, ...] = ()) -> Tensor:
         """Run ``model`` once (without gradient) and return the ``(states, B, patches)`` gate

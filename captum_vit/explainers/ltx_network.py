@@ -76,10 +76,20 @@ class _Explainer(nn.Module):
         explainer belongs to."""
         return bytes(self.explainee_sha256.cpu().tolist()).hex()
 
+    def vouch_half_fingerprints(self, half: Mapping[str, str]) -> None:
+        """Accept the half-precision copies of the explainee whose fingerprints are ``half``
+        (what its registry entry records): for the explainee fingerprint held now only, so a
+        state dict of another explainee loaded later does not inherit them."""
+        self._half = (self.explainee_fingerprint, dict(half))
+
+    def _half_fingerprints(self) -> dict[str, str]:
+        held: tuple[str, dict[str, str]] | None = getattr(self, "_half", None)
+        return held[1] if held is not None and held[0] == self.explainee_fingerprint else {}
+
     def check_weights_for(self, explainee: nn.Module) -> None:
         """Raise ``ValueError`` (naming both fingerprints) when this explainer was made for
         other weights than ``explainee``'s."""
-        check_fingerprint(self.explainee_fingerprint, explainee, "LTX explainer")
+        check_fingerprint(self.explainee_fingerprint, explainee, "LTX explainer", self._half_fingerprints())
 
     def check_explainee(self, explainee: nn.Module) -> None:
         """Raise ``ValueError`` when ``explainee``'s geometry differs from the one this explainer

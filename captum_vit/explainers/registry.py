@@ -71,6 +71,7 @@ def load_registered(entry: WeightsEntry) -> LTXExplainer | DiffMaskGates:
             f"weights entry {entry.name!r}: its file was trained for fingerprint {module.explainee_fingerprint}, "
             f"the entry says {entry.explainee_fingerprint}"
         )
+    module.vouch_half_fingerprints(entry.explainee_half_fingerprints)  # bfloat16/float16 copies of the explainee
     return module.eval()
 
 

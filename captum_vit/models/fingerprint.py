@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -18,14 +19,22 @@ from captum_vit.models.view import unwrap_compiled
 FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
-def model_fingerprint(model: nn.Module) -> str:
+#: The half precisions models are cast to for inference. A registered explainer records its
+#: explainee's fingerprint at each (:func:`half_fingerprints`), so that ``model.to(dtype)``
+#: still finds the explainer trained for ``model``.
+HALF_PRECISIONS: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def model_fingerprint(model: nn.Module, precision: torch.dtype | None = None) -> str:
     """sha256 over the names, shapes and float32 bytes of ``model``'s state (parameters and
     buffers, in sorted name order).
 
     Floating-point tensors are hashed as float32, so a model stored in float16 and loaded back
     as float32 has one fingerprint whatever its storage; the digest does not depend on the
     device or on the order in which modules were registered. A ``torch.compile`` wrapper has
-    the fingerprint of the module it compiled (the same weights).
+    the fingerprint of the module it compiled (the same weights). With ``precision``, the
+    floating-point tensors are first rounded to it: ``model_fingerprint(m, torch.bfloat16)`` is
+    the fingerprint of ``m.to(torch.bfloat16)``, computed without copying ``m``.
 
     Returns
     -------
@@ -43,13 +52,30 @@ def model_fingerprint(model: nn.Module) -> str:
     ...     _ = b.bias.add_(1)
     >>> model_fingerprint(a) == model_fingerprint(b)
     False
+    >>> model_fingerprint(a, torch.bfloat16) == model_fingerprint(a.to(torch.bfloat16))
+    True
     """
     digest = hashlib.sha256()
     for name, value in sorted(unwrap_compiled(model).state_dict().items()):
-        t = value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype).contiguous()
+        t = value.detach()
+        if precision is not None and t.is_floating_point():
+            t = t.to(precision)
+        t = t.to("cpu", torch.float32 if t.is_floating_point() else t.dtype).contiguous()
         digest.update(f"{name}:{tuple(t.shape)};".encode())
         digest.update(t.numpy().tobytes())
     return digest.hexdigest()
+
+
+def half_fingerprints(model: nn.Module) -> dict[str, str]:
+    """The fingerprints of ``model`` cast to each of :data:`HALF_PRECISIONS`, by dtype name.
+
+    Examples
+    --------
+    >>> lin = nn.Linear(2, 2)
+    >>> half_fingerprints(lin)["float16"] == model_fingerprint(lin.half())
+    True
+    """
+    return {name: model_fingerprint(model, dtype) for name, dtype in HALF_PRECISIONS.items()}
 
 
 def is_fingerprint(value: object) -> bool:
@@ -63,8 +89,12 @@ def is_fingerprint(value: object) -> bool:
     return isinstance(value, str) and FINGERPRINT_PATTERN.fullmatch(value) is not None
 
 
-def check_fingerprint(expected: str, model: nn.Module, what: str = "explainer") -> None:
-    """Raise ``ValueError`` unless ``model``'s fingerprint is ``expected``; the message names both.
+def check_fingerprint(
+    expected: str, model: nn.Module, what: str = "explainer", half: Mapping[str, str] | None = None
+) -> None:
+    """Raise ``ValueError`` unless ``model``'s fingerprint is ``expected`` or, for a half-precision
+    copy, one of ``half`` (:func:`half_fingerprints` of the model ``expected`` names); the message
+    names both fingerprints.
 
     Examples
     --------
@@ -74,7 +104,7 @@ def check_fingerprint(expected: str, model: nn.Module, what: str = "explainer") 
     ValueError: explainer was trained for the model with weights fingerprint 000...; this model's fingerprint is ...
     """
     actual = model_fingerprint(model)
-    if actual != expected:
+    if actual != expected and actual not in (half or {}).values():
         raise ValueError(
             f"{what} was trained for the model with weights fingerprint {expected}; this model's fingerprint "
             f"is {actual} (other architecture or other weights): train or register one for this model"

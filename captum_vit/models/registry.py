@@ -158,11 +158,17 @@ def find_entry(name: str, weights_dir: str | os.PathLike[str] | None = None) -> 
     return entries[name]
 
 
+def _explainee_fingerprints(entry: WeightsEntry) -> set[str | None]:
+    """The fingerprints that find ``entry``: its explainee's, and those of its half-precision copies."""
+    return {entry.explainee_fingerprint, *entry.explainee_half_fingerprints.values()}
+
+
 def find_explainer_entry(
     fingerprint: str, kind: str, weights_dir: str | os.PathLike[str] | None = None
 ) -> WeightsEntry | None:
     """The registered explainer of ``kind`` trained for the model whose
-    :func:`~captum_vit.models.fingerprint.model_fingerprint` is ``fingerprint``, if any.
+    :func:`~captum_vit.models.fingerprint.model_fingerprint` is ``fingerprint`` (or for the
+    model of which it is a bfloat16/float16 copy), if any.
 
     The user registry is searched before the shipped folder, so an explainer registered for a
     shipped model replaces the shipped one.
@@ -185,7 +191,7 @@ def find_explainer_entry(
         raise ValueError(f"kind must be one of {', '.join(EXPLAINER_KINDS)}, got {kind!r}")
     for directory in registry_dirs(weights_dir):
         entries = read_manifest(directory).values()
-        hits = [e for e in entries if e.kind == kind and e.explainee_fingerprint == fingerprint]
+        hits = [e for e in entries if e.kind == kind and fingerprint in _explainee_fingerprints(e)]
         if len(hits) > 1:
             names = ", ".join(e.name for e in hits)
             raise ValueError(

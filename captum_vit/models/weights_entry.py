@@ -46,6 +46,10 @@ class WeightsEntry:
     explainee, explainee_fingerprint : str, optional
         Explainers: the explainee's registered name and the fingerprint of its weights (the
         lookup key of :func:`find_explainer_entry`).
+    explainee_half_fingerprints : dict, optional
+        Explainers: the fingerprints of the explainee cast to bfloat16 and float16
+        (:func:`~captum_vit.models.fingerprint.half_fingerprints`), so that a half-precision
+        copy of the explainee finds the explainer too.
     training, held_out : dict
         How the weights were produced (``command``, seeds, wall time...) and measured figures.
     folder : Path, optional
@@ -63,6 +67,7 @@ class WeightsEntry:
     class_names: list[str] = field(default_factory=list)
     explainee: str | None = None
     explainee_fingerprint: str | None = None
+    explainee_half_fingerprints: dict[str, str] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     held_out: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = field(default=None, compare=False)
@@ -85,9 +90,11 @@ class WeightsEntry:
             return "a classifier needs timm_name"
         if self.kind in EXPLAINER_KINDS and not (self.explainee and is_fingerprint(self.explainee_fingerprint)):
             return "an explainer needs explainee (a name) and explainee_fingerprint (64 hex characters)"
-        for name in ("kwargs", "pretrained_cfg", "training", "held_out"):
+        for name in ("kwargs", "pretrained_cfg", "training", "held_out", "explainee_half_fingerprints"):
             if not isinstance(getattr(self, name), dict):
                 return f"{name} must be an object"
+        if not all(is_fingerprint(v) for v in self.explainee_half_fingerprints.values()):
+            return "explainee_half_fingerprints values must be fingerprints (64 hex characters)"
         return ""
 
     @property

@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, device: torch.device, rank: int, processes: int) -> int:
     from captum_vit.explainers.diffmask_gates import DiffMaskGates
     from captum_vit.explainers.diffmask_objective import DiffMaskObjective, evaluate_gates
-    from captum_vit.models.fingerprint import model_fingerprint
+    from captum_vit.models.fingerprint import half_fingerprints, model_fingerprint
     from captum_vit.models.preprocess import normalize_for
     from captum_vit.models.registry import register_weights
     from captum_vit.training.checkpoint import load_checkpoint
@@ -303,6 +303,7 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, processes:
             metadata=gates.weights_metadata(),
             explainee=spec_from_args(args).describe(),
             explainee_fingerprint=model_fingerprint(model),
+            explainee_half_fingerprints=half_fingerprints(model),
             kwargs=dict(gates.config),
             training={
                 "command": command_line("train-diffmask", add_arguments, args),

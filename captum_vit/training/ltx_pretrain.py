@@ -32,6 +32,7 @@ from captum_vit._cli_common import CLIError, output_dir, positive_int, wrote
 from captum_vit.data.datasets import add_data_arguments
 from captum_vit.data.splits import EXPLAINER_TRAIN_SEED, LTX_VAL_SEED
 from captum_vit.hardware import add_hardware_arguments, apply_threads, check_hardware
+from captum_vit.models.fingerprint import half_fingerprints
 from captum_vit.models.spec import add_model_arguments, model_from_args, spec_from_args
 from captum_vit.training._common import (
     add_register_arguments,
@@ -329,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
                 storage_dtype=torch.float16,
                 explainee=spec.describe(),
                 explainee_fingerprint=explainer.explainee_fingerprint,
+                explainee_half_fingerprints=half_fingerprints(explainee),
                 kwargs={"architecture": spec.architecture(explainee), "mask_weight": explainer.mask_weight},
                 training=training,
             )

@@ -99,3 +99,37 @@ def test_diffmask_registered_explicit_and_mismatched_gates(tmp_path: Path) -> No
         load_gates(3, model)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="fingerprint must be"):
         DiffMaskGates(32, 4, fingerprint="052ca09f3ae066a0")  # the short, unsorted digest of 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_copy_finds_the_explainers_of_its_weights(dtype: torch.dtype) -> None:
+    import warnings
+
+    from captum_vit.explainers import UntrainedExplainerWarning
+    from captum_vit.models.pretrained import load_pretrained
+
+    vit = load_pretrained("synthetic-vit")
+    half = load_pretrained("synthetic-vit").to(dtype)
+    assert model_fingerprint(half) != model_fingerprint(vit) or dtype == torch.float16  # stored as float16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedExplainerWarning)
+        found = PLTX(half)
+    shipped = PLTX(vit).explainer.state_dict()
+    assert all(torch.equal(found.explainer.state_dict()[k], v) for k, v in shipped.items())
+    x = input_for(vit, batch=2)
+    assert_close(found.attribute(x.to(dtype)), PLTX(vit).attribute(x.to(dtype).float()), "exact")
+    assert VisionDiffMask(half).gates.fingerprint == model_fingerprint(vit)
+    other = make_vit(seed=1).to(dtype)  # a half-precision model of other weights finds nothing
+    with pytest.warns(UntrainedExplainerWarning):
+        LTX(other, finetune_steps=0)
+
+
+def test_vouched_half_fingerprints_do_not_outlive_the_explainee_they_were_given_for() -> None:
+    model, other = make_vit(), make_vit(seed=1)
+    explainer = build_explainer(model)
+    half = other.to(torch.bfloat16)
+    explainer.vouch_half_fingerprints({"bfloat16": model_fingerprint(half)})
+    explainer.check_weights_for(half)  # vouched for
+    explainer.load_state_dict(build_explainer(make_vit(seed=2)).state_dict())  # another explainee's weights
+    with pytest.raises(ValueError, match="trained for the model with weights fingerprint"):
+        explainer.check_weights_for(half)

@@ -11,7 +11,7 @@ from captum_vit._io import default_file_mode
 from captum_vit.attr import VisionDiffMask
 from captum_vit.cli import main
 from captum_vit.explainers import DiffMaskGates
-from captum_vit.models.fingerprint import model_fingerprint
+from captum_vit.models.fingerprint import half_fingerprints, model_fingerprint
 from captum_vit.models.pretrained import load_pretrained
 from captum_vit.models.registry import SHIPPED_DIR, find_entry, sha256_file, user_registry_dir
 from captum_vit.testing import assert_close
@@ -42,6 +42,7 @@ def test_train_resume_register_and_use_by_default(tiny_home: Path, capsys: pytes
     entry = find_entry("tiny-diffmask")
     assert entry.kind == "diffmask" and entry.explainee == "tiny" and entry.folder == user_registry_dir()
     assert entry.explainee_fingerprint == model_fingerprint(model)
+    assert entry.explainee_half_fingerprints == half_fingerprints(model)  # model.to(bfloat16) finds them too
     assert entry.sha256 == sha256_file(entry.path) and entry.path.stat().st_mode & 0o777 == default_file_mode()
     assert "--register tiny-diffmask" in entry.training["command"] and "--resume" in entry.training["command"]
     assert set(entry.held_out) >= {"kl", "kept", "expected_keep", "epsilon"}
