@@ -103,7 +103,7 @@ def test_cli_run_killed_mid_way_and_resumed_equals_uninterrupted(tiny_home: Path
     for attempt in range(3):  # the kill races the (fast) run; a finished run is retried
         out = tiny_home / f"killed{attempt}"
         step = _kill_after_first_checkpoint(_cli_args(out), out)
-        if step is not None:
+        if step is not None and step < CLI_STEPS:  # on a loaded machine the kill can land after the last step
             break
     else:
         pytest.fail("the pretrain-ltx subprocess always finished before it could be killed")
