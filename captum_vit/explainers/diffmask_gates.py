@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from captum_vit._io import read_safetensors
-from captum_vit.models.fingerprint import check_fingerprint, is_fingerprint, model_fingerprint
+from captum_vit.models.fingerprint import check_fingerprint, is_fingerprint, model_fingerprint, read_half_fingerprints
 from captum_vit.models.hooks import record_hidden_states, replace_patch_embeddings
 from captum_vit.models.preprocess import model_logits
 from captum_vit.models.registry import save_weights
@@ -142,14 +142,17 @@ class DiffMaskGates(nn.Module):
         """Raise ``ValueError`` (naming both fingerprints) when the gates were trained for other
         weights than ``model``'s; gates without a fingerprint are not checked."""
         if self.fingerprint:
-            held: tuple[str, dict[str, str]] | None = getattr(self, "_half", None)
-            half = held[1] if held is not None and held[0] == self.fingerprint else {}
-            check_fingerprint(self.fingerprint, model, "DiffMask gates", half)
+            check_fingerprint(self.fingerprint, model, "DiffMask gates", self._half_fingerprints())
 
     def vouch_half_fingerprints(self, half: Mapping[str, str]) -> None:
         """Accept the half-precision copies of the explainee whose fingerprints are ``half``
-        (what the gates' registry entry records), for the current :attr:`fingerprint` only."""
+        (:func:`~captum_vit.models.fingerprint.half_fingerprints` of the explainee: recorded by
+        training, saved files and registry entries), for the current :attr:`fingerprint` only."""
         self._half = (self.fingerprint, dict(half))
+
+    def _half_fingerprints(self) -> dict[str, str]:
+        held: tuple[str, dict[str, str]] | None = getattr(self, "_half", None)
+        return held[1] if held is not None and held[0] == self.fingerprint else {}
 
     def gate_logits(self, model: nn.Module, x: Tensor, forward_args: tuple[Any, ...] = ()) -> Tensor:
         """Run ``model`` once (without gradient) and return the ``(states, B, patches)`` gate
@@ -204,7 +207,9 @@ class DiffMaskGates(nn.Module):
     # ----------------------------------------------------------------- persistence
     def weights_metadata(self) -> dict[str, str]:
         """The safetensors metadata of saved gates: the configuration and the fingerprint."""
-        return {"kind": "diffmask", "config": json.dumps(self.config), "fingerprint": self.fingerprint}
+        meta = {"kind": "diffmask", "config": json.dumps(self.config), "fingerprint": self.fingerprint}
+        half = self._half_fingerprints()
+        return meta | ({"explainee_half_fingerprints": json.dumps(half, sort_keys=True)} if half else {})
 
     def save(self, path: str | os.PathLike[str]) -> str:
         """Write the gates as safetensors (float32, the configuration in the metadata); returns
@@ -225,6 +230,7 @@ class DiffMaskGates(nn.Module):
             raise ValueError(f"{path} is not a DiffMask gate file (no 'config' metadata)")
         gates = cls(**json.loads(meta["config"]), fingerprint=meta.get("fingerprint", ""))
         gates.load_state_dict(state)
+        gates.vouch_half_fingerprints(read_half_fingerprints(meta, path))
         return gates
 
 

@@ -23,6 +23,7 @@ weights it belongs to.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -78,8 +79,9 @@ class _Explainer(nn.Module):
 
     def vouch_half_fingerprints(self, half: Mapping[str, str]) -> None:
         """Accept the half-precision copies of the explainee whose fingerprints are ``half``
-        (what its registry entry records): for the explainee fingerprint held now only, so a
-        state dict of another explainee loaded later does not inherit them."""
+        (:func:`~captum_vit.models.fingerprint.half_fingerprints` of the explainee: recorded by
+        pretraining, saved files and registry entries): for the explainee fingerprint held now
+        only, so a state dict of another explainee loaded later does not inherit them."""
         self._half = (self.explainee_fingerprint, dict(half))
 
     def _half_fingerprints(self) -> dict[str, str]:
@@ -106,8 +108,12 @@ class _Explainer(nn.Module):
         return torch.sigmoid(self(x))
 
     def weights_metadata(self) -> dict[str, str]:
-        """The safetensors metadata of a saved explainer (its kind, explainee and λ)."""
+        """The safetensors metadata of a saved explainer (its kind, explainee, the half-precision
+        copies of the explainee it was vouched for, and λ)."""
         meta = {"kind": "pltx", "explainee_fingerprint": self.explainee_fingerprint}
+        half = self._half_fingerprints()
+        if half:
+            meta["explainee_half_fingerprints"] = json.dumps(half, sort_keys=True)
         return meta | ({"mask_weight": repr(float(self.mask_weight))} if self.mask_weight is not None else {})
 
     def save(self, path: str | os.PathLike[str], storage_dtype: torch.dtype | None = None) -> str:

@@ -27,7 +27,7 @@ from captum_vit._io import read_safetensors, read_torch_file
 from captum_vit.explainers.diffmask_gates import DiffMaskGates
 from captum_vit.explainers.ltx_network import CNNExplainer, LTXExplainer, ViTExplainer, build_explainer
 from captum_vit.explainers.ltx_network import explainer_for_architecture as _explainer_for_architecture
-from captum_vit.models.fingerprint import model_fingerprint
+from captum_vit.models.fingerprint import model_fingerprint, read_half_fingerprints
 from captum_vit.models.pretrained import load_verified_state_dict
 from captum_vit.models.registry import (
     ManifestError,
@@ -135,20 +135,23 @@ def _ltx_from_file(path: Path, model: nn.Module) -> LTXExplainer:
         registered = load_registered(entry)
         assert isinstance(registered, (ViTExplainer, CNNExplainer))
         return registered
-    explainer = build_explainer(model)
+    explainer = build_explainer(model).float()  # the file's weights as they are, even for a half-precision model
     if path.suffix == ".safetensors":
         state, meta = read_safetensors(path, "explainer")
         weight = meta.get("mask_weight")
         explainer.mask_weight = float(weight) if weight else None
+        half = read_half_fingerprints(meta, path)
     else:
         state = read_torch_file(path, "explainer", "an explainer's state dict or a pretrain-ltx checkpoint")
         if not isinstance(state, dict):
             raise ValueError(f"explainer: {path} holds a {type(state).__name__}, not an explainer's state dict")
         state = state.get("model", state)
+        half = {}
     try:
         explainer.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"explainer checkpoint {path} does not match this model's architecture: {e}") from None
+    explainer.vouch_half_fingerprints(half)  # keyed to the file's explainee fingerprint, just loaded
     return explainer
 
 

@@ -7,6 +7,7 @@ their state dict), DiffMask gate files and exported ONNX graphs all store this d
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 
@@ -76,6 +77,32 @@ def half_fingerprints(model: nn.Module) -> dict[str, str]:
     True
     """
     return {name: model_fingerprint(model, dtype) for name, dtype in HALF_PRECISIONS.items()}
+
+
+def read_half_fingerprints(metadata: Mapping[str, str], path: object = "the file") -> dict[str, str]:
+    """The ``explainee_half_fingerprints`` a saved explainer's safetensors metadata records
+    (``{}`` when it has none).
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``, when the field is not a JSON object of fingerprints.
+
+    Examples
+    --------
+    >>> read_half_fingerprints({}), read_half_fingerprints({"explainee_half_fingerprints": '{"float16": "' + "0" * 64 + '"}'})
+    ({}, {'float16': '0000000000000000000000000000000000000000000000000000000000000000'})
+    """
+    text = metadata.get("explainee_half_fingerprints")
+    if text is None:
+        return {}
+    try:
+        half = json.loads(text)
+    except json.JSONDecodeError:
+        half = None
+    if not isinstance(half, dict) or not all(isinstance(k, str) and is_fingerprint(v) for k, v in half.items()):
+        raise ValueError(f"{path}: explainee_half_fingerprints metadata is not an object of fingerprints")
+    return half
 
 
 def is_fingerprint(value: object) -> bool:

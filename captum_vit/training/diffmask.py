@@ -238,6 +238,7 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, processes:
         add_activation=args.add_activation,
         placeholder=not args.no_placeholder,
     )
+    gates.vouch_half_fingerprints(half_fingerprints(model))  # saved with them: model.half() finds them
     weights = _layer_weights(args)
     objective = DiffMaskObjective(
         model, gates, args.epsilon, args.alpha, args.alpha_max, weights, l0_positions=args.l0_positions

@@ -133,6 +133,7 @@ def pretrain_ltx(
     torch.manual_seed(seed)
     frozen = copy.deepcopy(explainee).eval().requires_grad_(False)
     explainer = build_explainer(frozen)
+    explainer.vouch_half_fingerprints(half_fingerprints(frozen))  # saved with it: model.half() finds it
     dev = torch.device(device) if device is not None else next(frozen.parameters()).device
     frozen.to(dev)
     mean, std = model_normalization(explainee)

@@ -133,3 +133,29 @@ def test_vouched_half_fingerprints_do_not_outlive_the_explainee_they_were_given_
     explainer.load_state_dict(build_explainer(make_vit(seed=2)).state_dict())  # another explainee's weights
     with pytest.raises(ValueError, match="trained for the model with weights fingerprint"):
         explainer.check_weights_for(half)
+
+
+def test_saved_explainers_and_gates_carry_the_half_precision_fingerprints_they_were_vouched_for(
+    tmp_path: Path,
+) -> None:
+    from captum_vit.models.fingerprint import half_fingerprints
+
+    model = make_vit()
+    half = make_vit().to(torch.bfloat16)
+    explainer, gates = build_explainer(model), DiffMaskGates.for_model(model)
+    explainer.save(tmp_path / "plain.safetensors")
+    gates.save(tmp_path / "plain-gates.safetensors")
+    with pytest.raises(ValueError, match="trained for the model with weights fingerprint"):
+        LTX(half, explainer=tmp_path / "plain.safetensors", finetune_steps=0)  # a file names exact weights...
+    with pytest.raises(ValueError, match="trained for the model with weights fingerprint"):
+        VisionDiffMask(half, gates=str(tmp_path / "plain-gates.safetensors"))
+    for m in (explainer, gates):  # ...unless it records the half-precision copies (pretraining does)
+        m.vouch_half_fingerprints(half_fingerprints(model))
+    explainer.save(tmp_path / "vouched.safetensors")
+    gates.save(tmp_path / "vouched-gates.safetensors")
+    x = input_for(model, batch=2)
+    got = LTX(half, explainer=tmp_path / "vouched.safetensors", finetune_steps=0).attribute(x.to(torch.bfloat16))
+    assert_close(got, PLTX(model, explainer=explainer).attribute(x.to(torch.bfloat16).float()), "exact")
+    VisionDiffMask(half, gates=str(tmp_path / "vouched-gates.safetensors"))
+    with pytest.raises(ValueError, match="trained for the model with weights fingerprint"):
+        LTX(make_vit(seed=1).to(torch.bfloat16), explainer=tmp_path / "vouched.safetensors", finetune_steps=0)

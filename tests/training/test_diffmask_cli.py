@@ -58,6 +58,9 @@ def test_train_resume_register_and_use_by_default(tiny_home: Path, capsys: pytes
     by_default = VisionDiffMask(model).attribute(x)  # found through the weights fingerprint
     for gates in (on_disk, "tiny-diffmask", out / "best.safetensors", str(entry.path)):
         assert_close(by_default, VisionDiffMask(model, gates=gates).attribute(x), "exact", str(gates))
+    half = load_pretrained("tiny").to(torch.bfloat16)  # a bfloat16 copy finds them, registered or on disk
+    for gates in (None, out / "best.safetensors"):
+        assert VisionDiffMask(half, gates=gates).gates.fingerprint == entry.explainee_fingerprint
 
     with torch.no_grad():
         next(model.parameters()).add_(1.0)  # other weights: the registered gates no longer apply

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -134,4 +135,8 @@ def test_cli_run_killed_mid_way_and_resumed_equals_uninterrupted(tiny_home: Path
     # best.safetensors in --out is the float32 best checkpoint itself
     exact = LTX(model, explainer=out / "best.safetensors", finetune_steps=0).explainer
     for name, value in exact.state_dict().items():
+        assert_close(value, best[name], "exact", msg=name)
+    # ...and it records the explainee's half-precision copies: a bfloat16 copy takes it as it is
+    from_half = LTX(copy.deepcopy(model).to(torch.bfloat16), explainer=out / "best.safetensors", finetune_steps=0)
+    for name, value in from_half.explainer.state_dict().items():
         assert_close(value, best[name], "exact", msg=name)
