@@ -113,7 +113,7 @@ def check_resume(args: argparse.Namespace, model: nn.Module) -> None:
     import sys
 
     from captum_vit.models.fingerprint import model_fingerprint
-    from captum_vit.training.checkpoint import checkpoint_fingerprint, load_checkpoint
+    from captum_vit.training.checkpoint import checkpoint_fingerprint, load_checkpoint, resume_conflict
     from captum_vit.training.trainer import LAST
 
     if not args.resume:
@@ -132,26 +132,29 @@ def check_resume(args: argparse.Namespace, model: nn.Module) -> None:
             f"--resume: {path} is not a readable checkpoint (no {', '.join(map(repr, missing))}: not a last.pt "
             f"written by training); {fresh}"
         )
-    stored, fingerprint = checkpoint_fingerprint(state), model_fingerprint(model)
-    if stored is None:
+    if checkpoint_fingerprint(state) is None:
         print(
             f"warning: --resume: {path} does not record the weights fingerprint of the model it was trained for; "
             "make sure --model/--weights are the ones it was trained with",
             file=sys.stderr,
         )
-    elif stored != fingerprint:
+    conflict = resume_conflict(
+        state, {"explainee_fingerprint": model_fingerprint(model), "batch_size": args.batch_size, "seed": args.seed}
+    )
+    if conflict is None:
+        return
+    name, theirs, ours = conflict
+    if name == "explainee_fingerprint":
         raise CLIError(
-            f"--resume: {path} was trained for the model with weights fingerprint {stored}; this model's "
-            f"fingerprint is {fingerprint} (other architecture or other weights): resume with the --model/--weights "
+            f"--resume: {path} was trained for the model with weights fingerprint {theirs}; this model's "
+            f"fingerprint is {ours} (other architecture or other weights): resume with the --model/--weights "
             "it was trained for, or train afresh in another --out"
         )
-    for flag, name in (("--batch-size", "batch_size"), ("--seed", "seed")):
-        theirs, ours = state.get(name), getattr(args, name)
-        if theirs is not None and theirs != ours:
-            raise CLIError(
-                f"{flag}: {path} was written with {flag} {theirs}, got {flag} {ours}: an exact resume needs the "
-                f"same value (pass {flag} {theirs}, or train afresh in another --out)"
-            )
+    flag = "--" + name.replace("_", "-")
+    raise CLIError(
+        f"{flag}: {path} was written with {flag} {theirs}, got {flag} {ours}: an exact resume needs the "
+        f"same value (pass {flag} {theirs}, or train afresh in another --out)"
+    )
 
 
 def training_splits(

@@ -105,3 +105,28 @@ def checkpoint_fingerprint(state: Mapping[str, Any]) -> str | None:
     if isinstance(buffer, Tensor) and buffer.dtype == torch.uint8 and buffer.numel() == 32:
         return bytes(buffer.cpu().tolist()).hex()
     return None
+
+
+def resume_conflict(state: Mapping[str, Any], expected: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first key of ``expected`` whose value the checkpoint ``state`` records differently,
+    as ``(key, recorded, expected)``; ``None`` when none does. The checkpoint records ``seed``
+    and ``batch_size`` at its top level, ``explainee_fingerprint`` as
+    :func:`checkpoint_fingerprint` reads it, and any other key in its ``metadata``; a key an
+    older checkpoint does not record never conflicts.
+
+    Examples
+    --------
+    >>> resume_conflict({"seed": 0, "batch_size": 8}, {"batch_size": 8, "seed": 1})
+    ('seed', 0, 1)
+    >>> resume_conflict({"seed": 0}, {"seed": 0, "batch_size": 8}) is None
+    True
+    """
+    recorded = dict(state.get("metadata") or {})
+    fingerprint = checkpoint_fingerprint(state)  # also read from older LTX checkpoints
+    if fingerprint is not None:
+        recorded["explainee_fingerprint"] = fingerprint
+    recorded |= {key: state[key] for key in ("seed", "batch_size") if state.get(key) is not None}
+    for key, ours in expected.items():
+        if key in recorded and recorded[key] != ours:
+            return key, recorded[key], ours
+    return None

@@ -73,9 +73,9 @@ from tqdm.auto import tqdm
 from captum_vit.distributed import is_distributed, rank, world_size
 from captum_vit.training.checkpoint import (
     atomic_save,
-    checkpoint_fingerprint,
     load_checkpoint,
     move_to,
+    resume_conflict,
     rng_state,
     set_rng_state,
 )
@@ -268,20 +268,16 @@ class Trainer:
         """Raise ``ValueError`` when ``state`` was written with another ``seed`` or
         ``batch_size`` (an exact resume needs both), or with ``metadata`` that gives another
         value for one of this trainer's metadata keys; older checkpoints without a field pass."""
-        for name, ours in (("seed", self.seed), ("batch_size", self.batch_size)):
-            theirs = state.get(name)
-            if theirs is not None and theirs != ours:
-                raise ValueError(
-                    f"the checkpoint was written with {name}={theirs!r}, this trainer has {name}={ours!r}: "
-                    "an exact resume needs the same value"
-                )
-        stored = dict(state.get("metadata") or {})
-        fingerprint = checkpoint_fingerprint(state)  # also read from older LTX checkpoints
-        if fingerprint is not None:
-            stored.setdefault("explainee_fingerprint", fingerprint)
-        for key, ours in self.metadata.items():
-            if key in stored and stored[key] != ours:
-                raise ValueError(f"the checkpoint was written with {key} {stored[key]!r}, this trainer has {ours!r}")
+        conflict = resume_conflict(state, {"seed": self.seed, "batch_size": self.batch_size, **self.metadata})
+        if conflict is None:
+            return
+        name, theirs, ours = conflict
+        if name in ("seed", "batch_size"):
+            raise ValueError(
+                f"the checkpoint was written with {name}={theirs!r}, this trainer has {name}={ours!r}: "
+                "an exact resume needs the same value"
+            )
+        raise ValueError(f"the checkpoint was written with {name} {theirs!r}, this trainer has {ours!r}")
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` (model, optimiser, scheduler, RNG, counters), after
