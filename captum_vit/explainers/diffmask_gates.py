@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,7 +19,13 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from captum_vit._io import read_safetensors
-from captum_vit.models.fingerprint import check_fingerprint, is_fingerprint, model_fingerprint, read_half_fingerprints
+from captum_vit.models.fingerprint import (
+    HalfCopies,
+    check_fingerprint,
+    is_fingerprint,
+    model_fingerprint,
+    read_half_fingerprints,
+)
 from captum_vit.models.hooks import record_hidden_states, replace_patch_embeddings
 from captum_vit.models.preprocess import model_logits
 from captum_vit.models.registry import save_weights
@@ -48,7 +53,7 @@ class GateNetwork(nn.Module):
         return self.net(torch.cat([h0, hi], dim=-1)).squeeze(-1) * self.mul_activation + self.add_activation
 
 
-class DiffMaskGates(nn.Module):
+class DiffMaskGates(HalfCopies, nn.Module):
     """All gate networks of one explainee plus the learned placeholder vector.
 
     Parameters
@@ -144,15 +149,8 @@ class DiffMaskGates(nn.Module):
         if self.fingerprint:
             check_fingerprint(self.fingerprint, model, "DiffMask gates", self._half_fingerprints())
 
-    def vouch_half_fingerprints(self, half: Mapping[str, str]) -> None:
-        """Accept the half-precision copies of the explainee whose fingerprints are ``half``
-        (:func:`~captum_vit.models.fingerprint.half_fingerprints` of the explainee: recorded by
-        training, saved files and registry entries), for the current :attr:`fingerprint` only."""
-        self._half = (self.fingerprint, dict(half))
-
-    def _half_fingerprints(self) -> dict[str, str]:
-        held: tuple[str, dict[str, str]] | None = getattr(self, "_half", None)
-        return held[1] if held is not None and held[0] == self.fingerprint else {}
+    def _explainee_key(self) -> str:
+        return self.fingerprint
 
     def gate_logits(self, model: nn.Module, x: Tensor, forward_args: tuple[Any, ...] = ()) -> Tensor:
         """Run ``model`` once (without gradient) and return the ``(states, B, patches)`` gate
@@ -207,9 +205,9 @@ class DiffMaskGates(nn.Module):
     # ----------------------------------------------------------------- persistence
     def weights_metadata(self) -> dict[str, str]:
         """The safetensors metadata of saved gates: the configuration and the fingerprint."""
-        meta = {"kind": "diffmask", "config": json.dumps(self.config), "fingerprint": self.fingerprint}
-        half = self._half_fingerprints()
-        return meta | ({"explainee_half_fingerprints": json.dumps(half, sort_keys=True)} if half else {})
+        return {"kind": "diffmask", "config": json.dumps(self.config), "fingerprint": self.fingerprint} | (
+            self._half_metadata()
+        )
 
     def save(self, path: str | os.PathLike[str]) -> str:
         """Write the gates as safetensors (float32, the configuration in the metadata); returns

@@ -23,7 +23,6 @@ weights it belongs to.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_vit.models.cnn import SUPPORTED_CNNS, CNNAdapter, is_cnn
-from captum_vit.models.fingerprint import check_fingerprint, model_fingerprint
+from captum_vit.models.fingerprint import HalfCopies, check_fingerprint, model_fingerprint
 from captum_vit.models.registry import save_weights
 from captum_vit.models.view import unwrap_compiled
 from captum_vit.models.vit import ViTAdapter, is_vit
@@ -55,7 +54,7 @@ def _geometry(explainee: nn.Module) -> dict[str, Any]:
     raise TypeError(f"unsupported explainee {type(explainee).__name__}: expected a timm ViT or a {SUPPORTED_CNNS}")
 
 
-class _Explainer(nn.Module):
+class _Explainer(HalfCopies, nn.Module):
     """Shared parts: the geometry it was built for and the fingerprint of the explainee whose
     weights it was built from / trained for (a ``uint8`` buffer, so it is saved and loaded
     with the state dict, also as safetensors)."""
@@ -77,16 +76,8 @@ class _Explainer(nn.Module):
         explainer belongs to."""
         return bytes(self.explainee_sha256.cpu().tolist()).hex()
 
-    def vouch_half_fingerprints(self, half: Mapping[str, str]) -> None:
-        """Accept the half-precision copies of the explainee whose fingerprints are ``half``
-        (:func:`~captum_vit.models.fingerprint.half_fingerprints` of the explainee: recorded by
-        pretraining, saved files and registry entries): for the explainee fingerprint held now
-        only, so a state dict of another explainee loaded later does not inherit them."""
-        self._half = (self.explainee_fingerprint, dict(half))
-
-    def _half_fingerprints(self) -> dict[str, str]:
-        held: tuple[str, dict[str, str]] | None = getattr(self, "_half", None)
-        return held[1] if held is not None and held[0] == self.explainee_fingerprint else {}
+    def _explainee_key(self) -> str:
+        return self.explainee_fingerprint
 
     def check_weights_for(self, explainee: nn.Module) -> None:
         """Raise ``ValueError`` (naming both fingerprints) when this explainer was made for
@@ -110,10 +101,7 @@ class _Explainer(nn.Module):
     def weights_metadata(self) -> dict[str, str]:
         """The safetensors metadata of a saved explainer (its kind, explainee, the half-precision
         copies of the explainee it was vouched for, and λ)."""
-        meta = {"kind": "pltx", "explainee_fingerprint": self.explainee_fingerprint}
-        half = self._half_fingerprints()
-        if half:
-            meta["explainee_half_fingerprints"] = json.dumps(half, sort_keys=True)
+        meta = {"kind": "pltx", "explainee_fingerprint": self.explainee_fingerprint} | self._half_metadata()
         return meta | ({"mask_weight": repr(float(self.mask_weight))} if self.mask_weight is not None else {})
 
     def save(self, path: str | os.PathLike[str], storage_dtype: torch.dtype | None = None) -> str:

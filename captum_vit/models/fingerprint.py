@@ -79,6 +79,45 @@ def half_fingerprints(model: nn.Module) -> dict[str, str]:
     return {name: model_fingerprint(model, dtype) for name, dtype in HALF_PRECISIONS.items()}
 
 
+class HalfCopies:
+    """Mixin for an explainer tied to one explainee: the half-precision copies of that explainee
+    it also accepts (:func:`half_fingerprints`, recorded by training, saved files and registry
+    entries). They hold for the explainee fingerprint current when they were vouched for only,
+    so weights of another explainee loaded later do not inherit them. A subclass gives that
+    fingerprint as :meth:`_explainee_key`.
+
+    Examples
+    --------
+    >>> class Tied(HalfCopies):
+    ...     key = "a" * 64
+    ...     def _explainee_key(self) -> str:
+    ...         return self.key
+    >>> t = Tied()
+    >>> t.vouch_half_fingerprints({"bfloat16": "b" * 64})
+    >>> list(t._half_metadata())
+    ['explainee_half_fingerprints']
+    >>> t.key = "c" * 64  # weights of another explainee: the vouching no longer holds
+    >>> t._half_fingerprints()
+    {}
+    """
+
+    def _explainee_key(self) -> str:
+        raise NotImplementedError
+
+    def vouch_half_fingerprints(self, half: Mapping[str, str]) -> None:
+        """Accept the half-precision copies of the current explainee whose fingerprints are ``half``."""
+        self._half = (self._explainee_key(), dict(half))
+
+    def _half_fingerprints(self) -> dict[str, str]:
+        held: tuple[str, dict[str, str]] | None = getattr(self, "_half", None)
+        return held[1] if held is not None and held[0] == self._explainee_key() else {}
+
+    def _half_metadata(self) -> dict[str, str]:
+        """The safetensors metadata entry :func:`read_half_fingerprints` reads back (``{}`` if none)."""
+        half = self._half_fingerprints()
+        return {"explainee_half_fingerprints": json.dumps(half, sort_keys=True)} if half else {}
+
+
 def read_half_fingerprints(metadata: Mapping[str, str], path: object = "the file") -> dict[str, str]:
     """The ``explainee_half_fingerprints`` a saved explainer's safetensors metadata records
     (``{}`` when it has none).
