@@ -68,9 +68,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     return path
 
 
-def _first_line(e: BaseException) -> str:
+def exception_line(e: BaseException) -> str:
     """An exception's first line without terminal colour codes (torch's pickle errors carry
-    both), or its type name when it says nothing."""
+    both), or its type name when it says nothing: the reason part of a one-line error.
+
+    Examples
+    --------
+    >>> exception_line(OSError("no file named model.safetensors" + chr(10) + "advice")), exception_line(EOFError())
+    ('no file named model.safetensors', 'EOFError')
+    """
     lines = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
     return lines[0].strip() if lines else type(e).__name__
 
@@ -102,7 +108,7 @@ def read_safetensors(path: str | os.PathLike[str], what: str) -> tuple[dict[str,
             meta = dict(f.metadata() or {})
         return load_file(str(path), device="cpu"), meta
     except Exception as e:  # SafetensorError, OSError...: name the file and the argument
-        raise ValueError(f"{what}: {path} is not a readable safetensors file ({_first_line(e)})") from None
+        raise ValueError(f"{what}: {path} is not a readable safetensors file ({exception_line(e)})") from None
 
 
 def read_torch_file(path: str | os.PathLike[str], what: str, expected: str) -> Any:
@@ -120,5 +126,5 @@ def read_torch_file(path: str | os.PathLike[str], what: str, expected: str) -> A
         return torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors of many kinds
         raise ValueError(
-            f"{what}: {path} cannot be read with torch.load(weights_only=True) ({_first_line(e)}); expected {expected}"
+            f"{what}: {path} cannot be read with torch.load(weights_only=True) ({exception_line(e)}); expected {expected}"
         ) from None

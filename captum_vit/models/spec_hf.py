@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from captum_vit._io import exception_line
+
 #: Pillow's resampling codes, as Hugging Face image-processor configs store them.
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -112,8 +114,7 @@ def load_hf_folder(folder: str | Path) -> nn.Module:
     try:
         model = AutoModelForImageClassification.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as e:  # no weights, a malformed config.json, an unknown model type...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"--model: cannot load the Hugging Face model in {folder}: {first}") from None
+        raise ValueError(f"--model: cannot load the Hugging Face model in {folder}: {exception_line(e)}") from None
     labels = getattr(model.config, "id2label", None) or {}
     cfg |= {"num_classes": int(model.config.num_labels), "label_names": [str(labels[i]) for i in sorted(labels)]}
     return HFImageClassifier(model.float(), cfg).eval()
